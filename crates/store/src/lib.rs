@@ -1,0 +1,116 @@
+//! The identity store: users, groups and memberships in real tables, behind the [`Store`] trait.
+//!
+//! [`SqlStore`] runs on SQLite (the embedded default, WAL, fsync on commit) and PostgreSQL through sqlx, with
+//! one set of migrations. Filters arrive resolved (see `scimgate_scim::eval`); [`lower`] turns what it can into
+//! SQL over indexed columns, and the rest is evaluated in memory with the same semantics. Versions and
+//! uniqueness are checked inside the write transaction: an update is a compare-and-swap on `version`.
+
+mod lower;
+pub mod sql;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use scimgate_scim::filter::{AttrPath, Filter};
+use scimgate_scim::patch::{Member, MemberOp};
+use scimgate_scim::schema::{Registry, ResourceKind};
+
+pub use sql::SqlStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("resource not found")]
+    NotFound,
+    /// The version the caller read is no longer current.
+    #[error("the resource changed since it was read")]
+    VersionMismatch,
+    #[error("{0}")]
+    Uniqueness(String),
+    #[error("{0}")]
+    InvalidMember(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A stored resource: the canonical document (no `id`, `meta`, members or groups) plus its bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub id: String,
+    pub version: i64,
+    pub created: String,
+    pub last_modified: String,
+    pub doc: Map<String, Value>,
+}
+
+/// What a create or replace writes.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub doc: Map<String, Value>,
+    /// For users: `Some(hash)` sets the password hash, `None` keeps the current one.
+    pub password_hash: Option<String>,
+}
+
+/// Where a page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Skip this many matches (index paging, 0-based).
+    Offset(usize),
+    /// Resources with an id greater than this (cursor paging in id order).
+    After(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    pub reg: &'a Registry,
+    pub filter: Option<&'a Filter>,
+    /// Sort attribute (resolved) and descending flag. `None`: id order.
+    pub sort: Option<(AttrPath, bool)>,
+    pub start: Start,
+    pub count: usize,
+    /// Lower what can be lowered to SQL. `false` evaluates everything in memory (the property test compares).
+    pub lowering: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub total: usize,
+    pub rows: Vec<Stored>,
+    /// More matches follow this page.
+    pub more: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Create a resource; groups may start with members.
+    async fn create(&self, tenant: &str, kind: ResourceKind, w: Write, members: &[Member]) -> Result<Stored, StoreError>;
+    async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError>;
+    /// Replace the document if the stored version is still `expect`, applying membership changes in the same
+    /// transaction. `VersionMismatch` otherwise.
+    async fn replace(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        expect: i64,
+        w: Write,
+        members: &[MemberOp],
+    ) -> Result<Stored, StoreError>;
+    /// Delete, if `expect` is given only at that version.
+    async fn delete(&self, tenant: &str, kind: ResourceKind, id: &str, expect: Option<i64>) -> Result<(), StoreError>;
+    async fn query(&self, tenant: &str, kind: ResourceKind, q: &Query<'_>) -> Result<Page, StoreError>;
+    /// A group's members.
+    async fn members(&self, tenant: &str, group_id: &str) -> Result<Vec<Member>, StoreError>;
+    /// The groups a user or group is a direct member of: (id, displayName).
+    async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Indexed columns extracted from a canonical document.
+pub(crate) fn str_at<'d>(doc: &'d Map<String, Value>, key: &str) -> Option<&'d str> {
+    doc.get(key).and_then(Value::as_str)
+}

@@ -1,0 +1,622 @@
+//! [`SqlStore`]: the [`Store`] on sqlx's `Any` driver, SQLite or PostgreSQL chosen by the URL.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use scimgate_scim::eval::{SortKey, matches, sort_key};
+use scimgate_scim::filter::Filter;
+use scimgate_scim::patch::{Member, MemberOp};
+use scimgate_scim::resource::format_datetime;
+use scimgate_scim::schema::ResourceKind;
+
+use crate::lower::{Binds, Dialect, lower, sort_column, split};
+use crate::{Page, Query, Start, Store, StoreError, Stored, Write, str_at};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+fn table(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::User => "scim_users",
+        ResourceKind::Group => "scim_groups",
+    }
+}
+
+fn now() -> String {
+    format_datetime(chrono::Utc::now())
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl SqlStore {
+    /// Connect and run the migrations. SQLite files are created if missing and run in WAL mode with
+    /// `synchronous=FULL`: an acknowledged write survives power loss.
+    pub async fn connect(opts: &StoreOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = if opts.url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if opts.url.starts_with("postgres:") || opts.url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Database(sqlx::Error::Configuration(
+                "database url must start with sqlite: or postgres:".into(),
+            )));
+        };
+        let mut pool = AnyPoolOptions::new().max_connections(opts.max_connections).acquire_timeout(opts.acquire_timeout);
+        if dialect == Dialect::Sqlite {
+            pool = pool.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA case_sensitive_like = ON").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            });
+        }
+        let url = if dialect == Dialect::Sqlite && !opts.url.contains("mode=") && !opts.url.contains(":memory:") {
+            let sep = if opts.url.contains('?') { '&' } else { '?' };
+            format!("{}{sep}mode=rwc", opts.url)
+        } else {
+            opts.url.clone()
+        };
+        let pool = pool.connect(&url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqlStore { pool, dialect })
+    }
+
+    fn row(r: &AnyRow) -> Result<Stored, StoreError> {
+        let doc: String = r.try_get("doc")?;
+        let doc: Map<String, Value> = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Stored {
+            id: r.try_get("id")?,
+            version: r.try_get("version")?,
+            created: r.try_get("created")?,
+            last_modified: r.try_get("last_modified")?,
+            doc,
+        })
+    }
+
+    fn doc_text(doc: &Map<String, Value>) -> Result<String, StoreError> {
+        serde_json::to_string(doc).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    async fn write_emails(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant: &str,
+        id: &str,
+        doc: &Map<String, Value>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM scim_user_emails WHERE tenant = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        let mut seen = Vec::new();
+        for e in doc.get("emails").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(v) = e.get("value").and_then(Value::as_str).filter(|v| !v.is_empty()) {
+                let v = v.to_lowercase();
+                if seen.contains(&v) {
+                    continue;
+                }
+                sqlx::query("INSERT INTO scim_user_emails (tenant, user_id, value_lower) VALUES ($1, $2, $3)")
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(&v)
+                    .execute(&mut **tx)
+                    .await?;
+                seen.push(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Add members to a group, checking each exists in the tenant. Already-present members are left alone.
+    async fn add_members(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant: &str,
+        group_id: &str,
+        members: &[Member],
+    ) -> Result<(), StoreError> {
+        for m in members {
+            let found: Option<String> = sqlx::query_scalar(
+                "SELECT 'User' FROM scim_users WHERE tenant = $1 AND id = $2 \
+                 UNION ALL SELECT 'Group' FROM scim_groups WHERE tenant = $1 AND id = $2",
+            )
+            .bind(tenant)
+            .bind(&m.value)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(kind) = found else {
+                return Err(StoreError::InvalidMember(format!("member {} does not exist", m.value)));
+            };
+            if let Some(want) = &m.kind
+                && !want.eq_ignore_ascii_case(&kind)
+            {
+                return Err(StoreError::InvalidMember(format!("member {} is a {kind}, not a {want}", m.value)));
+            }
+            if m.value == group_id {
+                return Err(StoreError::InvalidMember("a group cannot be a member of itself".into()));
+            }
+            sqlx::query(
+                "INSERT INTO scim_group_members (tenant, group_id, member_id, member_type) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(group_id)
+            .bind(&m.value)
+            .bind(&kind)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_member_ops(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant: &str,
+        group_id: &str,
+        ops: &[MemberOp],
+    ) -> Result<(), StoreError> {
+        for op in ops {
+            match op {
+                MemberOp::Add(list) => Self::add_members(tx, tenant, group_id, list).await?,
+                MemberOp::Replace(list) => {
+                    sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND group_id = $2")
+                        .bind(tenant)
+                        .bind(group_id)
+                        .execute(&mut **tx)
+                        .await?;
+                    Self::add_members(tx, tenant, group_id, list).await?;
+                }
+                MemberOp::Remove(ids) => {
+                    for id in ids {
+                        sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND group_id = $2 AND member_id = $3")
+                            .bind(tenant)
+                            .bind(group_id)
+                            .bind(id)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
+                MemberOp::RemoveWhere(_) => {
+                    return Err(StoreError::InvalidMember(
+                        "member filters must be resolved to ids before they reach the store".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows in id order after `after`, in chunks, with the SQL prefilter applied.
+    async fn scan(
+        &self,
+        kind: ResourceKind,
+        prefilter: &[String],
+        binds: &[String],
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut binds: Vec<String> = binds.to_vec();
+        let mut sql = format!(
+            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE r.tenant = $1",
+            table(kind)
+        );
+        for p in prefilter {
+            sql.push_str(" AND ");
+            sql.push_str(p);
+        }
+        if let Some(after) = after {
+            binds.push(after.to_string());
+            sql.push_str(&format!(" AND {} > ${}", self.ordered_id(), binds.len()));
+        }
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", self.ordered_id()));
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(Self::row).collect()
+    }
+
+    fn ordered_id(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "r.id",
+            Dialect::Postgres => "r.id COLLATE \"C\"",
+        }
+    }
+
+    /// The document with `id`, `meta` and, where a filter needs them, members or groups, for evaluation.
+    async fn eval_doc(&self, tenant: &str, kind: ResourceKind, s: &Stored, needs_rel: bool) -> Result<Map<String, Value>, StoreError> {
+        let mut doc = s.doc.clone();
+        doc.insert("id".into(), Value::String(s.id.clone()));
+        let mut meta = Map::new();
+        meta.insert("resourceType".into(), Value::String(kind.as_str().into()));
+        meta.insert("created".into(), Value::String(s.created.clone()));
+        meta.insert("lastModified".into(), Value::String(s.last_modified.clone()));
+        doc.insert("meta".into(), Value::Object(meta));
+        if needs_rel {
+            match kind {
+                ResourceKind::Group => {
+                    let m = self.members(tenant, &s.id).await?;
+                    doc.insert(
+                        "members".into(),
+                        Value::Array(m.iter().map(|m| Value::Object(member_json(&m.value, m.kind.as_deref().unwrap_or("User")))).collect()),
+                    );
+                }
+                ResourceKind::User => {
+                    let g = self.groups_of(tenant, &s.id).await?;
+                    doc.insert(
+                        "groups".into(),
+                        Value::Array(
+                            g.into_iter()
+                                .map(|(id, name)| {
+                                    let mut o = Map::new();
+                                    o.insert("value".into(), Value::String(id));
+                                    o.insert("display".into(), Value::String(name));
+                                    Value::Object(o)
+                                })
+                                .collect(),
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(doc)
+    }
+}
+
+fn member_json(id: &str, kind: &str) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("value".into(), Value::String(id.to_string()));
+    o.insert("type".into(), Value::String(kind.to_string()));
+    o
+}
+
+fn mentions_relations(f: &Filter) -> bool {
+    match f {
+        Filter::And(a, b) | Filter::Or(a, b) => mentions_relations(a) || mentions_relations(b),
+        Filter::Not(a) => mentions_relations(a),
+        Filter::Present(p) | Filter::Compare { path: p, .. } | Filter::ValuePath { path: p, .. } => {
+            p.urn.is_none() && (p.attr == "members" || p.attr == "groups")
+        }
+    }
+}
+
+fn cmp_keys(a: &Option<SortKey>, b: &Option<SortKey>, desc: bool) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    match (a, b) {
+        (None, None) => Equal,
+        (None, Some(_)) => Greater,
+        (Some(_), None) => Less,
+        (Some(x), Some(y)) => {
+            let o = x.partial_cmp(y).unwrap_or(Equal);
+            if desc { o.reverse() } else { o }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn create(&self, tenant: &str, kind: ResourceKind, w: Write, members: &[Member]) -> Result<Stored, StoreError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let ts = now();
+        let doc_text = Self::doc_text(&w.doc)?;
+        let mut tx = self.pool.begin().await?;
+        let res = match kind {
+            ResourceKind::User => {
+                let user_name = str_at(&w.doc, "userName").unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO scim_users (tenant, id, user_name, user_name_lower, external_id, display_name_lower, \
+                     version, created, last_modified, password_hash, doc) VALUES ($1,$2,$3,$4,$5,$6,1,$7,$7,$8,$9)",
+                )
+                .bind(tenant)
+                .bind(&id)
+                .bind(user_name)
+                .bind(user_name.to_lowercase())
+                .bind(str_at(&w.doc, "externalId"))
+                .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
+                .bind(&ts)
+                .bind(w.password_hash.as_deref())
+                .bind(&doc_text)
+                .execute(&mut *tx)
+                .await
+            }
+            ResourceKind::Group => {
+                sqlx::query(
+                    "INSERT INTO scim_groups (tenant, id, display_name_lower, external_id, version, created, \
+                     last_modified, doc) VALUES ($1,$2,$3,$4,1,$5,$5,$6)",
+                )
+                .bind(tenant)
+                .bind(&id)
+                .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
+                .bind(str_at(&w.doc, "externalId"))
+                .bind(&ts)
+                .bind(&doc_text)
+                .execute(&mut *tx)
+                .await
+            }
+        };
+        match res {
+            Err(e) if unique_violation(&e) => {
+                return Err(StoreError::Uniqueness("userName is already taken".into()));
+            }
+            r => r?,
+        };
+        match kind {
+            ResourceKind::User => Self::write_emails(&mut tx, tenant, &id, &w.doc).await?,
+            ResourceKind::Group => Self::add_members(&mut tx, tenant, &id, members).await?,
+        }
+        tx.commit().await?;
+        Ok(Stored { id, version: 1, created: ts.clone(), last_modified: ts, doc: w.doc })
+    }
+
+    async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError> {
+        let sql = format!(
+            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE r.tenant = $1 AND r.id = $2",
+            table(kind)
+        );
+        let row = sqlx::query(&sql).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(Self::row).transpose()
+    }
+
+    async fn replace(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        expect: i64,
+        w: Write,
+        members: &[MemberOp],
+    ) -> Result<Stored, StoreError> {
+        let ts = now();
+        let doc_text = Self::doc_text(&w.doc)?;
+        let mut tx = self.pool.begin().await?;
+        let res = match kind {
+            ResourceKind::User => {
+                let user_name = str_at(&w.doc, "userName").unwrap_or_default();
+                sqlx::query(
+                    "UPDATE scim_users SET user_name = $1, user_name_lower = $2, external_id = $3, \
+                     display_name_lower = $4, version = version + 1, last_modified = $5, \
+                     password_hash = COALESCE($6, password_hash), doc = $7 \
+                     WHERE tenant = $8 AND id = $9 AND version = $10",
+                )
+                .bind(user_name)
+                .bind(user_name.to_lowercase())
+                .bind(str_at(&w.doc, "externalId"))
+                .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
+                .bind(&ts)
+                .bind(w.password_hash.as_deref())
+                .bind(&doc_text)
+                .bind(tenant)
+                .bind(id)
+                .bind(expect)
+                .execute(&mut *tx)
+                .await
+            }
+            ResourceKind::Group => {
+                sqlx::query(
+                    "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
+                     last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND version = $7",
+                )
+                .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
+                .bind(str_at(&w.doc, "externalId"))
+                .bind(&ts)
+                .bind(&doc_text)
+                .bind(tenant)
+                .bind(id)
+                .bind(expect)
+                .execute(&mut *tx)
+                .await
+            }
+        };
+        let done = match res {
+            Err(e) if unique_violation(&e) => return Err(StoreError::Uniqueness("userName is already taken".into())),
+            r => r?,
+        };
+        if done.rows_affected() == 0 {
+            let exists: Option<i64> = sqlx::query_scalar(&format!("SELECT version FROM {} WHERE tenant = $1 AND id = $2", table(kind)))
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(if exists.is_some() { StoreError::VersionMismatch } else { StoreError::NotFound });
+        }
+        match kind {
+            ResourceKind::User => Self::write_emails(&mut tx, tenant, id, &w.doc).await?,
+            ResourceKind::Group => Self::apply_member_ops(&mut tx, tenant, id, members).await?,
+        }
+        let created: String = sqlx::query_scalar(&format!("SELECT created FROM {} WHERE tenant = $1 AND id = $2", table(kind)))
+            .bind(tenant)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Stored { id: id.to_string(), version: expect + 1, created, last_modified: ts, doc: w.doc })
+    }
+
+    async fn delete(&self, tenant: &str, kind: ResourceKind, id: &str, expect: Option<i64>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!("DELETE FROM {} WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3)", table(kind));
+        let done = sqlx::query(&sql).bind(tenant).bind(id).bind(expect.unwrap_or(-1)).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            let exists: Option<i64> = sqlx::query_scalar(&format!("SELECT version FROM {} WHERE tenant = $1 AND id = $2", table(kind)))
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(if exists.is_some() { StoreError::VersionMismatch } else { StoreError::NotFound });
+        }
+        sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND (member_id = $2 OR group_id = $2)")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if kind == ResourceKind::User {
+            sqlx::query("DELETE FROM scim_user_emails WHERE tenant = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn query(&self, tenant: &str, kind: ResourceKind, q: &Query<'_>) -> Result<Page, StoreError> {
+        let mut binds = Binds(vec![tenant.to_string()]);
+        let (prefilter, residual) = match (q.filter, q.lowering) {
+            (None, _) => (vec![], None),
+            (Some(f), true) => split(kind, self.dialect, f, &mut binds),
+            (Some(f), false) => (vec![], Some(f.clone())),
+        };
+        let sort_col = match &q.sort {
+            Some((p, _)) if q.lowering => sort_column(kind, p, self.dialect),
+            _ => None,
+        };
+        let sorted_in_sql = q.sort.is_none() || sort_col.is_some();
+        if residual.is_none() && sorted_in_sql {
+            return self.query_sql(kind, q, &prefilter, binds.0, sort_col).await;
+        }
+        // In memory: scan the prefiltered rows in id order, keep matches, sort, page.
+        let needs_rel = residual.as_ref().is_some_and(mentions_relations);
+        let mut matched: Vec<(Option<SortKey>, Stored)> = Vec::new();
+        let mut after: Option<String> = None;
+        const CHUNK: usize = 2000;
+        loop {
+            let chunk = self.scan(kind, &prefilter, &binds.0, after.as_deref(), CHUNK).await?;
+            let n = chunk.len();
+            after = chunk.last().map(|s| s.id.clone());
+            for s in chunk {
+                let doc = self.eval_doc(tenant, kind, &s, needs_rel).await?;
+                if residual.as_ref().is_none_or(|f| matches(q.reg, kind, f, &doc)) {
+                    let key = q.sort.as_ref().and_then(|(p, _)| sort_key(q.reg, kind, p, &doc));
+                    matched.push((key, s));
+                }
+            }
+            if n < CHUNK {
+                break;
+            }
+        }
+        if let Some((_, desc)) = &q.sort {
+            matched.sort_by(|(ka, a), (kb, b)| cmp_keys(ka, kb, *desc).then_with(|| a.id.cmp(&b.id)));
+        }
+        let total = matched.len();
+        let skip = match &q.start {
+            Start::Offset(o) => *o,
+            Start::After(id) => matched.iter().take_while(|(_, s)| s.id.as_str() <= id.as_str()).count(),
+        };
+        let rows: Vec<Stored> = matched.into_iter().skip(skip).take(q.count).map(|(_, s)| s).collect();
+        let more = skip + rows.len() < total;
+        Ok(Page { total, rows, more })
+    }
+
+    async fn members(&self, tenant: &str, group_id: &str) -> Result<Vec<Member>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT member_id, member_type FROM scim_group_members WHERE tenant = $1 AND group_id = $2 ORDER BY member_id",
+        )
+        .bind(tenant)
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(value, kind)| Member { value, kind: Some(kind) }).collect())
+    }
+
+    async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT g.id, g.doc FROM scim_group_members m JOIN scim_groups g ON g.tenant = m.tenant AND g.id = m.group_id \
+             WHERE m.tenant = $1 AND m.member_id = $2 ORDER BY g.id",
+        )
+        .bind(tenant)
+        .bind(member_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, doc)| {
+                let doc: Map<String, Value> = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((id, str_at(&doc, "displayName").unwrap_or_default().to_string()))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+impl SqlStore {
+    async fn query_sql(
+        &self,
+        kind: ResourceKind,
+        q: &Query<'_>,
+        prefilter: &[String],
+        mut binds: Vec<String>,
+        sort_col: Option<String>,
+    ) -> Result<Page, StoreError> {
+        let mut where_ = String::from("r.tenant = $1");
+        for p in prefilter {
+            where_.push_str(" AND ");
+            where_.push_str(p);
+        }
+        let count_sql = format!("SELECT COUNT(*) FROM {} r WHERE {where_}", table(kind));
+        let mut cq = sqlx::query_scalar::<_, i64>(&count_sql);
+        for b in &binds {
+            cq = cq.bind(b);
+        }
+        let total = usize::try_from(cq.fetch_one(&self.pool).await?).unwrap_or(0);
+        let order = match (&sort_col, &q.sort) {
+            (Some(c), Some((_, desc))) => {
+                format!("({c} IS NULL), {c} {}, {}", if *desc { "DESC" } else { "ASC" }, self.ordered_id())
+            }
+            _ => self.ordered_id().to_string(),
+        };
+        let skip_clause = match &q.start {
+            Start::Offset(o) => format!(" OFFSET {o}"),
+            Start::After(id) => {
+                binds.push(id.clone());
+                where_.push_str(&format!(" AND {} > ${}", self.ordered_id(), binds.len()));
+                String::new()
+            }
+        };
+        let sql = format!(
+            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE {where_} ORDER BY {order} LIMIT {}{skip_clause}",
+            table(kind),
+            q.count + 1
+        );
+        let mut sq = sqlx::query(&sql);
+        for b in &binds {
+            sq = sq.bind(b);
+        }
+        let fetched = sq.fetch_all(&self.pool).await?;
+        let more = fetched.len() > q.count;
+        let rows = fetched.iter().take(q.count).map(Self::row).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page { total, rows, more })
+    }
+
+    /// A whole-filter SQL count, used by tests to check a filter lowers completely.
+    pub fn lowers_completely(&self, kind: ResourceKind, f: &Filter) -> bool {
+        let mut b = Binds(vec![String::new()]);
+        lower(kind, self.dialect, f, &mut b).is_some()
+    }
+}

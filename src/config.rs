@@ -1,0 +1,385 @@
+//! Configuration: TOML, then `SCIMGATE_SECTION__KEY` environment overrides; unknown keys are errors.
+//!
+//! Secrets never sit in the file itself unless an operator puts them there: a tenant token comes from an
+//! environment variable, a file, or is given only as its SHA-256 hash.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub scim: ScimConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; `--listen` overrides it.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain and key (PEM files). Plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+    /// Largest request body, except Bulk (see `scim.bulk_max_payload_bytes`).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Open connections at most; further connections wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A request (headers and body) must arrive and be answered within this many seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Request headers must arrive within this many seconds (slowloris guard).
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// On shutdown, in-flight requests get this long to finish.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            tls: None,
+            max_body_bytes: default_max_body(),
+            max_connections: default_max_connections(),
+            request_timeout_secs: default_request_timeout(),
+            header_read_timeout_secs: default_header_timeout(),
+            shutdown_grace_secs: default_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` (created if missing) or `postgres://user@host/db`.
+    pub url: String,
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScimConfig {
+    /// Directory of schema JSON files; relative paths are relative to the config file.
+    #[serde(default = "default_schemas_dir")]
+    pub schemas_dir: PathBuf,
+    #[serde(default = "default_page")]
+    pub default_page_size: usize,
+    #[serde(default = "default_max_page")]
+    pub max_page_size: usize,
+    #[serde(default = "default_filter_len")]
+    pub max_filter_length: usize,
+    #[serde(default = "default_filter_depth")]
+    pub max_filter_depth: usize,
+    #[serde(default = "default_bulk_ops")]
+    pub bulk_max_operations: usize,
+    #[serde(default = "default_bulk_payload")]
+    pub bulk_max_payload_bytes: usize,
+    #[serde(default = "default_patch_ops")]
+    pub max_patch_operations: usize,
+    /// Seconds a pagination cursor stays valid.
+    #[serde(default = "default_cursor_timeout")]
+    pub cursor_timeout_secs: u64,
+    /// File holding the key that signs cursors. Several nodes sharing one database need the same key; a single
+    /// node may leave it out and gets a random key per start.
+    pub cursor_key_file: Option<PathBuf>,
+}
+
+impl Default for ScimConfig {
+    fn default() -> Self {
+        ScimConfig {
+            schemas_dir: default_schemas_dir(),
+            default_page_size: default_page(),
+            max_page_size: default_max_page(),
+            max_filter_length: default_filter_len(),
+            max_filter_depth: default_filter_depth(),
+            bulk_max_operations: default_bulk_ops(),
+            bulk_max_payload_bytes: default_bulk_payload(),
+            max_patch_operations: default_patch_ops(),
+            cursor_timeout_secs: default_cursor_timeout(),
+            cursor_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (production) or `pretty` (development).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info,scimgate=debug`; `RUST_LOG` wins when set.
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    #[default]
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// Where this tenant's SCIM API is served, e.g. `/scim/v2` or `/t/acme/scim/v2`.
+    pub base_path: String,
+    /// Absolute URL of `base_path` for meta.location; derived from the Host header when absent.
+    pub public_url: Option<String>,
+    pub tokens: Vec<TokenSource>,
+}
+
+/// Where a bearer token comes from. Only its SHA-256 is kept in memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSource {
+    /// Read the token from this environment variable.
+    pub env: Option<String>,
+    /// Read the token from this file (trailing newline ignored).
+    pub file: Option<PathBuf>,
+    /// The hex SHA-256 of the token.
+    pub sha256: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_request_timeout() -> u64 {
+    60
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_pool() -> u32 {
+    8
+}
+fn default_schemas_dir() -> PathBuf {
+    PathBuf::from("schemas")
+}
+fn default_page() -> usize {
+    100
+}
+fn default_max_page() -> usize {
+    1000
+}
+fn default_filter_len() -> usize {
+    4096
+}
+fn default_filter_depth() -> usize {
+    16
+}
+fn default_bulk_ops() -> usize {
+    1000
+}
+fn default_bulk_payload() -> usize {
+    4 * 1024 * 1024
+}
+fn default_patch_ops() -> usize {
+    1000
+}
+fn default_cursor_timeout() -> u64 {
+    3600
+}
+
+/// A tenant ready to serve: its token hashes resolved.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub base_path: String,
+    pub public_url: Option<String>,
+    pub token_hashes: Vec<[u8; 32]>,
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+impl Config {
+    /// Read the file and the environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("SCIMGATE_").filter(|k| k.as_str().contains("__")).split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        if cfg.scim.schemas_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.scim.schemas_dir = base.join(&cfg.scim.schemas_dir);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.tenants.is_empty() {
+            return Err(invalid("at least one [[tenants]] entry is required"));
+        }
+        let mut paths: Vec<&str> = Vec::new();
+        for t in &self.tenants {
+            if t.id.is_empty() {
+                return Err(invalid("tenants: id must not be empty"));
+            }
+            if !t.base_path.starts_with('/') || t.base_path.ends_with('/') || t.base_path.contains("//") {
+                return Err(invalid(format!(
+                    "tenant {}: base_path {:?} must start with / and not end with /",
+                    t.id, t.base_path
+                )));
+            }
+            if paths.iter().any(|p| p.starts_with(&t.base_path) || t.base_path.starts_with(p)) {
+                return Err(invalid(format!("tenant {}: base_path {} overlaps another tenant's", t.id, t.base_path)));
+            }
+            paths.push(&t.base_path);
+            if t.tokens.is_empty() {
+                return Err(invalid(format!("tenant {}: at least one token is required", t.id)));
+            }
+        }
+        if self.scim.max_page_size == 0 || self.scim.default_page_size > self.scim.max_page_size {
+            return Err(invalid("scim: default_page_size must be between 1 and max_page_size"));
+        }
+        if self.scim.bulk_max_operations == 0 {
+            return Err(invalid("scim: bulk_max_operations must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Resolve every tenant's tokens to hashes. Fails if a named variable or file is missing or empty.
+    pub fn tenants(&self) -> Result<Vec<Tenant>, ConfigError> {
+        self.tenants
+            .iter()
+            .map(|t| {
+                let hashes = t
+                    .tokens
+                    .iter()
+                    .map(|s| resolve_token(&t.id, s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Tenant {
+                    id: t.id.clone(),
+                    base_path: t.base_path.clone(),
+                    public_url: t.public_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
+                    token_hashes: hashes,
+                })
+            })
+            .collect()
+    }
+}
+
+fn resolve_token(tenant: &str, s: &TokenSource) -> Result<[u8; 32], ConfigError> {
+    let given = [s.env.is_some(), s.file.is_some(), s.sha256.is_some()].iter().filter(|b| **b).count();
+    if given != 1 {
+        return Err(invalid(format!("tenant {tenant}: each token needs exactly one of env, file, sha256")));
+    }
+    if let Some(var) = &s.env {
+        let v = std::env::var(var)
+            .map_err(|_| invalid(format!("tenant {tenant}: environment variable {var} is not set")))?;
+        return token_hash(tenant, v.trim());
+    }
+    if let Some(file) = &s.file {
+        let v = std::fs::read_to_string(file)
+            .map_err(|e| invalid(format!("tenant {tenant}: cannot read token file {}: {e}", file.display())))?;
+        return token_hash(tenant, v.trim());
+    }
+    let hex = s.sha256.as_deref().unwrap_or_default();
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return Err(invalid(format!("tenant {tenant}: sha256 must be 64 hex digits")));
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| invalid(format!("tenant {tenant}: sha256 must be hex")))?;
+    }
+    Ok(out)
+}
+
+fn token_hash(tenant: &str, token: &str) -> Result<[u8; 32], ConfigError> {
+    if token.len() < 16 {
+        return Err(invalid(format!("tenant {tenant}: a token must be at least 16 characters")));
+    }
+    Ok(sha256(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let f = write("[store]\nurl = \"sqlite::memory:\"\nbogus = 1\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{sha256=\"00\"}]\n");
+        let err = Config::load(f.path()).expect_err("unknown key");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_tenants_are_refused() {
+        let f = write(
+            "[store]\nurl = \"sqlite::memory:\"\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim\"\ntokens=[{env=\"X\"}]\n\
+             [[tenants]]\nid=\"b\"\nbase_path=\"/scim/v2\"\ntokens=[{env=\"X\"}]\n",
+        );
+        let err = Config::load(f.path()).expect_err("overlap");
+        assert!(err.to_string().contains("overlaps"), "{err}");
+    }
+
+    #[test]
+    fn token_sources() {
+        let hash = "a".repeat(64);
+        let f = write(&format!(
+            "[store]\nurl = \"sqlite::memory:\"\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{{sha256=\"{hash}\"}}]\n"
+        ));
+        let cfg = Config::load(f.path()).expect("valid");
+        assert_eq!(cfg.tenants().expect("tokens")[0].token_hashes[0], [0xaa; 32]);
+        let f = write("[store]\nurl = \"sqlite::memory:\"\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{env=\"SCIMGATE_TEST_UNSET_VAR\"}]\n");
+        let cfg = Config::load(f.path()).expect("valid");
+        assert!(cfg.tenants().is_err());
+    }
+}

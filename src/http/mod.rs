@@ -1,0 +1,172 @@
+//! HTTP: the router, tenant authentication, and the SCIM handlers.
+//!
+//! `app(state)` builds the whole [`Router`] without opening a socket, so tests drive it with `oneshot`.
+//! Each tenant's routes are nested at its base path behind its own bearer-token check; every error leaves
+//! through [`error::ApiError`] as a SCIM error body.
+
+pub mod discovery;
+pub mod error;
+mod resources;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use subtle::ConstantTimeEq;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{Tenant, sha256};
+use crate::service::ScimService;
+use error::ApiError;
+
+pub const SCIM_JSON: &str = "application/scim+json";
+
+/// Shared state: the service and the HTTP limits.
+pub struct AppState {
+    pub service: ScimService,
+    pub tenants: Vec<Arc<Tenant>>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    /// `https` when serving TLS; used for meta.location when a tenant has no public_url.
+    pub scheme: &'static str,
+}
+
+/// What a tenant's handlers see.
+#[derive(Clone)]
+pub struct TenantState {
+    pub app: Arc<AppState>,
+    pub tenant: Arc<Tenant>,
+}
+
+/// The whole router: health endpoints, every tenant's SCIM API, and SCIM 404s elsewhere.
+pub fn app(state: Arc<AppState>) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz).with_state(state.clone()));
+    for tenant in &state.tenants {
+        let ts = TenantState { app: state.clone(), tenant: tenant.clone() };
+        router = router.nest(&tenant.base_path, tenant_router(ts));
+    }
+    let x_request_id = header::HeaderName::from_static("x-request-id");
+    router
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::disable())
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.request_timeout))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let rid = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %rid)
+        }))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+}
+
+fn tenant_router(ts: TenantState) -> Router {
+    use resources::*;
+    let not_allowed = || any(|| async { ApiError::MethodNotAllowed("method not allowed on this endpoint".into()) });
+    let me = || any(|| async { ApiError::NotImplemented("/Me is not supported".into()) });
+    let nope = |m: axum::routing::MethodRouter<TenantState>| {
+        m.fallback(|| async { ApiError::MethodNotAllowed("method not allowed on this endpoint".into()) })
+    };
+    Router::new()
+        .route("/Users", nope(get(list_users).post(create_user)))
+        .route("/Users/.search", nope(post(search_users)))
+        .route("/Users/{id}", nope(get(get_user).put(replace_user).patch(patch_user).delete(delete_user)))
+        .route("/Groups", nope(get(list_groups).post(create_group)))
+        .route("/Groups/.search", nope(post(search_groups)))
+        .route("/Groups/{id}", nope(get(get_group).put(replace_group).patch(patch_group).delete(delete_group)))
+        .route("/.search", nope(post(search_root)))
+        .route("/Bulk", nope(post(bulk)))
+        .route("/ServiceProviderConfig", nope(get(discovery::service_provider_config)))
+        .route("/ResourceTypes", nope(get(discovery::resource_types)))
+        .route("/ResourceTypes/{id}", nope(get(discovery::resource_type)))
+        .route("/Schemas", nope(get(discovery::schemas)))
+        .route("/Schemas/{id}", nope(get(discovery::schema)))
+        .route("/Me", me())
+        .route("/Me/{*rest}", me())
+        .route("/ServiceProviderConfig/{*rest}", not_allowed())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn_with_state(ts.clone(), authenticate))
+        .with_state(ts)
+}
+
+/// Bearer-token check: hash the presented token and compare it with every stored hash in constant time.
+async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(token) = presented else {
+        return ApiError::Unauthorized("a bearer token is required".into()).into_response();
+    };
+    let hash = sha256(token.as_bytes());
+    let mut ok = subtle::Choice::from(0u8);
+    for h in &ts.tenant.token_hashes {
+        ok |= h.ct_eq(&hash);
+    }
+    if !bool::from(ok) {
+        return ApiError::Unauthorized("the bearer token is not valid for this tenant".into()).into_response();
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.service.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "store is not reachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response()
+        }
+    }
+}
+
+/// Read a JSON body within `limit` bytes. `application/scim+json` and `application/json` are accepted.
+pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<serde_json::Value, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !(mime == SCIM_JSON || mime == "application/json" || mime.is_empty()) {
+            return Err(ApiError::UnsupportedMediaType(format!("content type {mime} is not JSON")));
+        }
+    }
+    let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| scimgate_scim::ProtocolError::InvalidSyntax(format!("the body is not valid JSON: {e}")).into())
+}
+
+/// Turn a service output into a response with the SCIM content type, ETag and Location.
+pub fn respond(out: crate::service::Output) -> Response {
+    let mut r = match out.body {
+        Some(b) => json_response(out.status, &b),
+        None => out.status.into_response(),
+    };
+    let h = r.headers_mut();
+    if let Some(e) = out.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        h.insert(header::ETAG, e);
+    }
+    if let Some(l) = out.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        h.insert(header::LOCATION, l);
+    }
+    r
+}
+
+/// A JSON body response with the SCIM content type.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
+    r
+}

@@ -1,0 +1,66 @@
+//! scimgate: a SCIM 2.0 gateway.
+//!
+//! The pipeline, front to back (ARCHITECTURE.md has the whole picture):
+//! - [`server`]: the accept loop: hyper, optional rustls, connection limit, graceful drain.
+//! - [`http`]: the axum router: tenants and their bearer tokens, SCIM handlers, discovery, the SCIM error edge.
+//! - [`service`]: one SCIM operation end to end: schema checks, PATCH/PUT semantics, versions, Bulk, paging.
+//! - `scimgate_scim` (crates/scim): the protocol itself, pure: schemas, filters, PATCH, projection, Bulk order.
+//! - `scimgate_store` (crates/store): identity state on SQLite or PostgreSQL.
+//! - [`config`], [`schemas`], [`cursor`]: configuration, the schema directory, signed paging cursors.
+
+pub mod config;
+pub mod cursor;
+pub mod http;
+pub mod schemas;
+pub mod server;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scimgate_store::{SqlStore, StoreError};
+use scimgate_store::sql::StoreOptions;
+
+use crate::config::Config;
+use crate::cursor::CursorKey;
+use crate::http::AppState;
+use crate::service::{Limits, ScimService};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Schemas(#[from] schemas::LoadError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cursor key file {path}: {source}")]
+    CursorKey { path: String, source: std::io::Error },
+}
+
+/// Build everything the router needs from a validated config: registry, store (migrated), tenants.
+pub async fn build_state(cfg: &Config) -> Result<Arc<AppState>, StartError> {
+    let reg = Arc::new(schemas::load(&cfg.scim.schemas_dir)?);
+    let tenants = cfg.tenants()?.into_iter().map(Arc::new).collect();
+    let store = SqlStore::connect(&StoreOptions {
+        url: cfg.store.url.clone(),
+        max_connections: cfg.store.max_connections,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await?;
+    let cursor_key = match &cfg.scim.cursor_key_file {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|source| StartError::CursorKey { path: p.display().to_string(), source })?;
+            CursorKey::new(config::sha256(&bytes))
+        }
+        None => CursorKey::new(rand::random()),
+    };
+    let service = ScimService { reg, store: Arc::new(store), limits: Limits::from(&cfg.scim), cursor_key };
+    Ok(Arc::new(AppState {
+        service,
+        tenants,
+        max_body_bytes: cfg.server.max_body_bytes,
+        request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
+        scheme: if cfg.server.tls.is_some() { "https" } else { "http" },
+    }))
+}

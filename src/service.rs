@@ -1,0 +1,610 @@
+//! The SCIM service: one resource operation end to end, shared by the HTTP handlers and Bulk.
+//!
+//! request body → `resource::normalize` (schemas) → PATCH / PUT semantics → store (compare-and-swap on the
+//! version) → `project::render` (returned, attributes). Policy and the outbox hook in between the schema check
+//! and the store write; see ARCHITECTURE.md.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use scimgate_scim::bulk::{self, BULK_RESPONSE_URN, Method};
+use scimgate_scim::eval;
+use scimgate_scim::filter::{FilterLimits, parse_filter, parse_patch_path};
+use scimgate_scim::patch::{self, MemberOp};
+use scimgate_scim::project::{Projection, render};
+use scimgate_scim::resource::{Mode, check_immutable, normalize};
+use scimgate_scim::schema::{Registry, ResourceKind, Target};
+use scimgate_scim::{ProtocolError, urn};
+use scimgate_store::{Query, Start, Store, StoreError, Stored, Write};
+
+use crate::config::{ScimConfig, Tenant};
+use crate::cursor::{CursorKey, Position};
+use crate::http::error::ApiError;
+
+/// Limits the protocol layer enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub filter: FilterLimits,
+    pub default_page: usize,
+    pub max_page: usize,
+    pub max_patch_ops: usize,
+    pub bulk_max_ops: usize,
+    pub bulk_max_payload: usize,
+    pub cursor_timeout_secs: i64,
+}
+
+impl From<&ScimConfig> for Limits {
+    fn from(c: &ScimConfig) -> Self {
+        Limits {
+            filter: FilterLimits { max_len: c.max_filter_length, max_depth: c.max_filter_depth },
+            default_page: c.default_page_size,
+            max_page: c.max_page_size,
+            max_patch_ops: c.max_patch_operations,
+            bulk_max_ops: c.bulk_max_operations,
+            bulk_max_payload: c.bulk_max_payload_bytes,
+            cursor_timeout_secs: i64::try_from(c.cursor_timeout_secs).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+pub struct ScimService {
+    pub reg: Arc<Registry>,
+    pub store: Arc<dyn Store>,
+    pub limits: Limits,
+    pub cursor_key: CursorKey,
+}
+
+/// Who is asking, and the absolute URL of their SCIM base for meta.location.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub tenant: Arc<Tenant>,
+    pub base_url: String,
+}
+
+/// A response: status, body (none for 204), ETag and Location.
+#[derive(Debug)]
+pub struct Output {
+    pub status: StatusCode,
+    pub body: Option<Value>,
+    pub etag: Option<String>,
+    pub location: Option<String>,
+}
+
+/// List parameters, from a query string or a SearchRequest body.
+#[derive(Debug, Default, Clone)]
+pub struct ListParams {
+    pub filter: Option<String>,
+    pub sort_by: Option<String>,
+    pub sort_order: Option<String>,
+    pub start_index: Option<String>,
+    pub count: Option<String>,
+    pub cursor: Option<String>,
+    pub attributes: Option<String>,
+    pub excluded: Option<String>,
+}
+
+/// Preconditions from If-Match / If-None-Match.
+#[derive(Debug, Default, Clone)]
+pub struct Preconditions {
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+}
+
+pub fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+/// Whether an If-Match / If-None-Match header value names this version (`*` names any).
+fn etag_matches(header: &str, version: i64) -> bool {
+    let want = etag(version);
+    let strong = format!("\"{version}\"");
+    header.split(',').map(str::trim).any(|t| t == "*" || t == want || t == strong)
+}
+
+const MAX_CAS_RETRIES: usize = 8;
+
+impl ScimService {
+    fn location(&self, cx: &Ctx, kind: ResourceKind, id: &str) -> String {
+        format!("{}/{}/{}", cx.base_url, kind.endpoint(), id)
+    }
+
+    /// The full document for output: stored attributes plus id, meta, and members or groups.
+    async fn full_doc(&self, cx: &Ctx, kind: ResourceKind, s: &Stored, proj: &Projection) -> Result<Map<String, Value>, ApiError> {
+        let mut doc = s.doc.clone();
+        doc.insert("id".into(), Value::String(s.id.clone()));
+        doc.insert(
+            "meta".into(),
+            json!({
+                "resourceType": kind.as_str(),
+                "created": s.created,
+                "lastModified": s.last_modified,
+                "location": self.location(cx, kind, &s.id),
+                "version": etag(s.version),
+            }),
+        );
+        let tenant = &cx.tenant.id;
+        match kind {
+            ResourceKind::Group if proj.may_return("members") => {
+                let members = self.store.members(tenant, &s.id).await?;
+                if !members.is_empty() {
+                    let list: Vec<Value> = members
+                        .into_iter()
+                        .map(|m| {
+                            let k = m.kind.unwrap_or_else(|| "User".into());
+                            let ep = if k == "Group" { "Groups" } else { "Users" };
+                            json!({"value": m.value, "$ref": format!("{}/{ep}/{}", cx.base_url, m.value), "type": k})
+                        })
+                        .collect();
+                    doc.insert("members".into(), Value::Array(list));
+                }
+            }
+            ResourceKind::User if proj.may_return("groups") => {
+                let groups = self.store.groups_of(tenant, &s.id).await?;
+                if !groups.is_empty() {
+                    let list: Vec<Value> = groups
+                        .into_iter()
+                        .map(|(id, name)| {
+                            json!({"value": id, "$ref": format!("{}/Groups/{id}", cx.base_url), "display": name, "type": "direct"})
+                        })
+                        .collect();
+                    doc.insert("groups".into(), Value::Array(list));
+                }
+            }
+            _ => {}
+        }
+        Ok(doc)
+    }
+
+    async fn output(&self, cx: &Ctx, kind: ResourceKind, s: &Stored, proj: &Projection, status: StatusCode) -> Result<Output, ApiError> {
+        let doc = self.full_doc(cx, kind, s, proj).await?;
+        Ok(Output {
+            status,
+            body: Some(render(&self.reg, kind, &doc, proj)),
+            etag: Some(etag(s.version)),
+            location: (status == StatusCode::CREATED).then(|| self.location(cx, kind, &s.id)),
+        })
+    }
+
+    pub fn projection(&self, kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> Result<Projection, ApiError> {
+        Ok(Projection::parse(&self.reg, kind, attributes, excluded)?)
+    }
+
+    async fn load(&self, cx: &Ctx, kind: ResourceKind, id: &str) -> Result<Stored, ApiError> {
+        self.store
+            .get(&cx.tenant.id, kind, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("{} {id} not found", kind.as_str())))
+    }
+
+    /// Take `password` out of a user document and hash it (argon2id, off the async threads).
+    async fn take_password(&self, kind: ResourceKind, doc: &mut Map<String, Value>) -> Result<Option<String>, ApiError> {
+        if kind != ResourceKind::User {
+            return Ok(None);
+        }
+        let Some(Value::String(pw)) = doc.remove("password") else { return Ok(None) };
+        let hash = tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+            let salt = SaltString::generate(&mut OsRng);
+            argon2::Argon2::default().hash_password(pw.as_bytes(), &salt).map(|h| h.to_string())
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
+        Ok(Some(hash))
+    }
+
+    pub async fn create(&self, cx: &Ctx, kind: ResourceKind, body: Value, proj: &Projection) -> Result<Output, ApiError> {
+        let mut members = Vec::new();
+        let mut body = body;
+        if kind == ResourceKind::Group
+            && let Value::Object(o) = &mut body
+        {
+            let key = o.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
+            if let Some(k) = key
+                && let Some(v) = o.remove(&k)
+                && let Some(MemberOp::Add(list) | MemberOp::Replace(list)) = self.member_ops(v)?.into_iter().next()
+            {
+                members = list;
+            }
+        }
+        let mut doc = normalize(&self.reg, kind, body, Mode::Create)?;
+        let password_hash = self.take_password(kind, &mut doc).await?;
+        let stored = self.store.create(&cx.tenant.id, kind, Write { doc, password_hash }, &members).await?;
+        tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
+        self.output(cx, kind, &stored, proj, StatusCode::CREATED).await
+    }
+
+    fn member_ops(&self, members: Value) -> Result<Vec<MemberOp>, ApiError> {
+        let op = patch::PatchOp { op: patch::OpKind::Replace, path: None, value: Some(json!({"members": members})) };
+        Ok(patch::split_members(&self.reg, vec![op])?.0)
+    }
+
+    pub async fn get(&self, cx: &Ctx, kind: ResourceKind, id: &str, proj: &Projection, pre: &Preconditions) -> Result<Output, ApiError> {
+        let s = self.load(cx, kind, id).await?;
+        if let Some(inm) = &pre.if_none_match
+            && etag_matches(inm, s.version)
+        {
+            return Err(ApiError::NotModified(etag(s.version)));
+        }
+        self.output(cx, kind, &s, proj, StatusCode::OK).await
+    }
+
+    fn check_if_match(pre: &Preconditions, version: i64) -> Result<(), ApiError> {
+        match &pre.if_match {
+            Some(m) if !etag_matches(m, version) => Err(ApiError::PreconditionFailed),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn replace(&self, cx: &Ctx, kind: ResourceKind, id: &str, body: Value, proj: &Projection, pre: &Preconditions) -> Result<Output, ApiError> {
+        let mut body = body;
+        let mut member_ops = Vec::new();
+        if kind == ResourceKind::Group
+            && let Value::Object(o) = &mut body
+        {
+            let key = o.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
+            member_ops = match key.and_then(|k| o.remove(&k)) {
+                Some(v) => self.member_ops(v)?,
+                None => vec![MemberOp::Replace(vec![])],
+            };
+        }
+        let mut doc = normalize(&self.reg, kind, body, Mode::Replace)?;
+        let password_hash = self.take_password(kind, &mut doc).await?;
+        for _ in 0..MAX_CAS_RETRIES {
+            let current = self.load(cx, kind, id).await?;
+            Self::check_if_match(pre, current.version)?;
+            check_immutable(&self.reg, kind, &current.doc, &doc)?;
+            let w = Write { doc: doc.clone(), password_hash: password_hash.clone() };
+            match self.store.replace(&cx.tenant.id, kind, id, current.version, w, &member_ops).await {
+                Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
+                Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::PreconditionFailed)
+    }
+
+    pub async fn patch(&self, cx: &Ctx, kind: ResourceKind, id: &str, body: Value, proj: &Projection, pre: &Preconditions) -> Result<Output, ApiError> {
+        let ops = patch::parse_request(body, &self.limits.filter, self.limits.max_patch_ops)?;
+        let (member_ops, ops) = match kind {
+            ResourceKind::Group => patch::split_members(&self.reg, ops)?,
+            ResourceKind::User => (vec![], ops),
+        };
+        for _ in 0..MAX_CAS_RETRIES {
+            let current = self.load(cx, kind, id).await?;
+            Self::check_if_match(pre, current.version)?;
+            let mut doc = current.doc.clone();
+            patch::apply(&self.reg, kind, id, &mut doc, &ops)?;
+            let mut doc = normalize(&self.reg, kind, Value::Object(doc), Mode::Replace)?;
+            check_immutable(&self.reg, kind, &current.doc, &doc)?;
+            let password_hash = self.take_password(kind, &mut doc).await?;
+            let member_ops = self.resolve_member_filters(cx, id, &member_ops).await?;
+            if doc == current.doc && member_ops.is_empty() && password_hash.is_none() {
+                return self.output(cx, kind, &current, proj, StatusCode::OK).await;
+            }
+            let w = Write { doc, password_hash };
+            match self.store.replace(&cx.tenant.id, kind, id, current.version, w, &member_ops).await {
+                Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
+                Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::PreconditionFailed)
+    }
+
+    /// `members[type eq "Group"]`-style removals become explicit ids, read under the same version check.
+    async fn resolve_member_filters(&self, cx: &Ctx, group_id: &str, ops: &[MemberOp]) -> Result<Vec<MemberOp>, ApiError> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                MemberOp::RemoveWhere(f) => {
+                    let resolved = eval::resolve(
+                        &self.reg,
+                        ResourceKind::Group,
+                        scimgate_scim::filter::Filter::ValuePath {
+                            path: scimgate_scim::filter::AttrPath { urn: None, attr: "members".into(), sub: None },
+                            filter: Box::new(f.clone()),
+                        },
+                    )
+                    .map_err(|e| ProtocolError::InvalidPath(e.to_string()))?;
+                    let scimgate_scim::filter::Filter::ValuePath { filter, .. } = resolved else { continue };
+                    let Some(attr) = self.reg.rt(ResourceKind::Group).core.attr("members") else { continue };
+                    let ids = self
+                        .store
+                        .members(&cx.tenant.id, group_id)
+                        .await?
+                        .into_iter()
+                        .filter(|m| {
+                            let el = json!({"value": m.value, "type": m.kind});
+                            el.as_object().is_some_and(|o| eval::matches_element(attr, &filter, o))
+                        })
+                        .map(|m| m.value)
+                        .collect();
+                    out.push(MemberOp::Remove(ids));
+                }
+                other => out.push(other.clone()),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete(&self, cx: &Ctx, kind: ResourceKind, id: &str, pre: &Preconditions) -> Result<Output, ApiError> {
+        let expect = match &pre.if_match {
+            Some(_) => {
+                let current = self.load(cx, kind, id).await?;
+                Self::check_if_match(pre, current.version)?;
+                Some(current.version)
+            }
+            None => None,
+        };
+        match self.store.delete(&cx.tenant.id, kind, id, expect).await {
+            Ok(()) => {}
+            Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("{} {id} not found", kind.as_str()))),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id, "deleted");
+        Ok(Output { status: StatusCode::NO_CONTENT, body: None, etag: None, location: None })
+    }
+
+    /// List or search one resource type, or both (root `.search`) when `kind` is `None`.
+    pub async fn list(&self, cx: &Ctx, kind: Option<ResourceKind>, p: &ListParams) -> Result<Value, ApiError> {
+        let kinds: Vec<ResourceKind> = match kind {
+            Some(k) => vec![k],
+            None => vec![ResourceKind::User, ResourceKind::Group],
+        };
+        let cursor_mode = p.cursor.is_some();
+        if cursor_mode && p.start_index.is_some() {
+            return Err(ProtocolError::InvalidValue("use either cursor or startIndex, not both".into()).into());
+        }
+        let count = match p.count.as_deref().map(str::trim) {
+            None | Some("") => self.limits.default_page,
+            Some(c) => {
+                let n: i64 = c.parse().map_err(|_| {
+                    if cursor_mode {
+                        ProtocolError::InvalidCount("count must be an integer".into())
+                    } else {
+                        ProtocolError::InvalidValue("count must be an integer".into())
+                    }
+                })?;
+                usize::try_from(n.max(0)).unwrap_or(0).min(self.limits.max_page)
+            }
+        };
+        let start_index = match p.start_index.as_deref().map(str::trim) {
+            None | Some("") => 1,
+            Some(s) => s.parse::<i64>().map_err(|_| ProtocolError::InvalidValue("startIndex must be an integer".into()))?.max(1),
+        };
+        let desc = match p.sort_order.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("ascending") => false,
+            Some("descending") => true,
+            Some(_) => return Err(ProtocolError::InvalidValue("sortOrder must be ascending or descending".into()).into()),
+        };
+        // Per kind: resolved filter, sort and projection. A filter that names attributes a kind lacks
+        // excludes that kind from a root search; for a single kind it is invalidFilter.
+        let parsed = match p.filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
+            Some(f) => Some(parse_filter(f, &self.limits.filter).map_err(ProtocolError::filter)?),
+            None => None,
+        };
+        let mut plans = Vec::new();
+        let mut last_err = None;
+        for &k in &kinds {
+            let filter = match &parsed {
+                Some(f) => match eval::resolve(&self.reg, k, f.clone()) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let sort = match p.sort_by.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                Some(s) => {
+                    let path = parse_patch_path(s, &self.limits.filter).map_err(|e| ProtocolError::InvalidValue(format!("sortBy: {e}")))?;
+                    match self.reg.resolve(k, &path.attr) {
+                        Some(Target::Attr(r)) if path.filter.is_none() => Some((r.to_path(), desc)),
+                        _ => {
+                            return Err(ProtocolError::InvalidValue(format!("sortBy: unknown attribute {s}")).into());
+                        }
+                    }
+                }
+                None => None,
+            };
+            let proj = self.projection(k, p.attributes.as_deref(), p.excluded.as_deref())?;
+            plans.push((k, filter, sort, proj));
+        }
+        if plans.is_empty() {
+            return Err(last_err.map(ApiError::from).unwrap_or_else(|| ProtocolError::InvalidFilter("no resource type matches".into()).into()));
+        }
+        let qhash = query_hash(kind, p);
+        let now = chrono::Utc::now().timestamp();
+        let position = match p.cursor.as_deref() {
+            Some("") | None => None,
+            Some(c) => Some(self.cursor_key.decode(c, &qhash, &cx.tenant.id, now)?),
+        };
+        let single_keyset = plans.len() == 1 && plans[0].2.is_none() && cursor_mode;
+        let first = match &position {
+            Some(Position::Offset(o)) => *o,
+            Some(Position::After(_)) => 0,
+            None if cursor_mode => 0,
+            None => usize::try_from(start_index - 1).unwrap_or(0),
+        };
+        let mut offset = first;
+        let mut resources = Vec::new();
+        let mut total = 0usize;
+        let mut keyset_more = false;
+        let mut last_id = None;
+        let mut remaining = count;
+        for (k, filter, sort, proj) in &plans {
+            let start = match (&position, single_keyset) {
+                (Some(Position::After(id)), true) => Start::After(id.clone()),
+                _ => Start::Offset(offset),
+            };
+            let q = Query { reg: &self.reg, filter: filter.as_ref(), sort: sort.clone(), start, count: remaining, lowering: true };
+            let page = self.store.query(&cx.tenant.id, *k, &q).await?;
+            total += page.total;
+            offset = offset.saturating_sub(page.total);
+            keyset_more = page.more;
+            remaining -= page.rows.len().min(remaining);
+            for s in &page.rows {
+                let doc = self.full_doc(cx, *k, s, proj).await?;
+                resources.push(render(&self.reg, *k, &doc, proj));
+                last_id = Some(s.id.clone());
+            }
+        }
+        let more = if single_keyset { keyset_more } else { first + resources.len() < total };
+        let mut body = json!({
+            "schemas": [urn::LIST_RESPONSE],
+            "totalResults": total,
+            "itemsPerPage": resources.len(),
+        });
+        if cursor_mode {
+            if more && !resources.is_empty() {
+                let pos = match (single_keyset, last_id) {
+                    (true, Some(id)) => Position::After(id),
+                    _ => Position::Offset(first + resources.len()),
+                };
+                let exp = now + self.limits.cursor_timeout_secs;
+                body["nextCursor"] = json!(self.cursor_key.encode(pos, &qhash, &cx.tenant.id, exp));
+            }
+        } else {
+            body["startIndex"] = json!(start_index);
+        }
+        body["Resources"] = Value::Array(resources);
+        Ok(body)
+    }
+
+    /// Run a Bulk request (RFC 7644 §3.7).
+    pub async fn bulk(&self, cx: &Ctx, body: Value) -> Result<Value, ApiError> {
+        let n = bulk::count_ops(&body);
+        if n > self.limits.bulk_max_ops {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the request has {n} operations; maxOperations is {}",
+                self.limits.bulk_max_ops
+            )));
+        }
+        let req = bulk::parse(body)?;
+        let (order, cyclic) = bulk::order(&req.ops);
+        let mut results: Vec<Option<Value>> = vec![None; req.ops.len()];
+        for i in cyclic {
+            let op = &req.ops[i];
+            let err = ApiError::Protocol(ProtocolError::Conflict("circular bulkId references".into()));
+            results[i] = Some(op_result(op, None, None, Err(err)));
+        }
+        let mut ids: HashMap<String, String> = HashMap::new();
+        let mut errors = 0usize;
+        for i in order {
+            if req.fail_on_errors.is_some_and(|max| errors >= max) {
+                break;
+            }
+            let op = &req.ops[i];
+            let outcome = self.bulk_one(cx, op, &ids).await;
+            if let Ok((_, Some(id), _)) = &outcome
+                && let Some(b) = &op.bulk_id
+            {
+                ids.insert(b.clone(), id.clone());
+            }
+            if outcome.is_err() {
+                errors += 1;
+            }
+            let (location, version) = match &outcome {
+                Ok((_, _, o)) => (o.location.clone(), o.etag.clone()),
+                Err(_) => (None, None),
+            };
+            results[i] = Some(op_result(op, location, version, outcome.map(|(s, _, _)| s)));
+        }
+        Ok(json!({
+            "schemas": [BULK_RESPONSE_URN],
+            "Operations": results.into_iter().flatten().collect::<Vec<_>>(),
+        }))
+    }
+
+    async fn bulk_one(&self, cx: &Ctx, op: &bulk::BulkOp, ids: &HashMap<String, String>) -> Result<(StatusCode, Option<String>, Output), ApiError> {
+        let path = bulk::substitute_path(&op.path, ids)
+            .map_err(|b| ProtocolError::InvalidValue(format!("bulkId:{b} was not created")))?;
+        let mut data = op.data.clone().unwrap_or(Value::Null);
+        bulk::substitute(&mut data, ids).map_err(|b| ProtocolError::InvalidValue(format!("bulkId:{b} was not created")))?;
+        let trimmed = path.trim_start_matches('/');
+        let (endpoint, id) = match trimmed.split_once('/') {
+            Some((e, id)) => (e, Some(id)),
+            None => (trimmed, None),
+        };
+        let kind = match endpoint {
+            "Users" => ResourceKind::User,
+            "Groups" => ResourceKind::Group,
+            _ => return Err(ApiError::NotFound(format!("no endpoint {path}"))),
+        };
+        let pre = Preconditions { if_match: op.version.clone(), if_none_match: None };
+        let proj = Projection::Default;
+        let out = match (op.method, id) {
+            (Method::Post, None) => self.create(cx, kind, data, &proj).await?,
+            (Method::Put, Some(id)) => self.replace(cx, kind, id, data, &proj, &pre).await?,
+            (Method::Patch, Some(id)) => self.patch(cx, kind, id, data, &proj, &pre).await?,
+            (Method::Delete, Some(id)) => {
+                let mut o = self.delete(cx, kind, id, &pre).await?;
+                o.location = Some(self.location(cx, kind, id));
+                o
+            }
+            _ => return Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {path}", op.method.as_str()))),
+        };
+        let new_id = out.body.as_ref().and_then(|b| b.get("id")).and_then(Value::as_str).map(str::to_string);
+        let location = out.location.clone().or_else(|| new_id.as_ref().map(|i| self.location(cx, kind, i)));
+        Ok((out.status, new_id, Output { location, ..out }))
+    }
+}
+
+fn op_result(op: &bulk::BulkOp, location: Option<String>, version: Option<String>, outcome: Result<StatusCode, ApiError>) -> Value {
+    let mut r = json!({"method": op.method.as_str()});
+    if let Some(b) = &op.bulk_id {
+        r["bulkId"] = json!(b);
+    }
+    if let Some(l) = location {
+        r["location"] = json!(l);
+    }
+    if let Some(v) = version {
+        r["version"] = json!(v);
+    }
+    match outcome {
+        Ok(status) => r["status"] = json!(status.as_u16().to_string()),
+        Err(e) => {
+            e.log();
+            r["status"] = json!(e.status().as_u16().to_string());
+            r["response"] = e.body();
+        }
+    }
+    r
+}
+
+/// The query a cursor belongs to: everything but the cursor and count.
+fn query_hash(kind: Option<ResourceKind>, p: &ListParams) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        Some(kind.map_or("*", ResourceKind::as_str)),
+        p.filter.as_deref(),
+        p.sort_by.as_deref(),
+        p.sort_order.as_deref(),
+        p.attributes.as_deref(),
+        p.excluded.as_deref(),
+    ] {
+        h.update(part.unwrap_or("").as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_match_weak_strong_and_star() {
+        assert!(etag_matches("W/\"3\"", 3));
+        assert!(etag_matches("\"3\"", 3));
+        assert!(etag_matches("*", 3));
+        assert!(etag_matches("W/\"1\", W/\"3\"", 3));
+        assert!(!etag_matches("W/\"2\"", 3));
+    }
+}
