@@ -220,6 +220,9 @@ impl Cx<'_> {
             }
             (_, Some(Value::Object(inner))) => {
                 for (k, v) in inner {
+                    if k.eq_ignore_ascii_case("schemas") {
+                        continue;
+                    }
                     let p = PatchPath { attr: parse_ext_key(&schema.id, &k), filter: None, sub: None };
                     self.apply_path(doc, op, &p, Some(v))?;
                 }

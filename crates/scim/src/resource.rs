@@ -47,6 +47,9 @@ pub fn normalize(reg: &Registry, kind: ResourceKind, body: Value, _mode: Mode) -
             };
             let mut ext_out = Map::new();
             for (k, v) in inner {
+                if k.eq_ignore_ascii_case("schemas") || v.is_null() {
+                    continue;
+                }
                 let attr = ext
                     .attr(&k)
                     .ok_or_else(|| ProtocolError::InvalidValue(format!("unknown attribute {k} in {}", ext.id)))?;
