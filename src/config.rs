@@ -244,7 +244,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let mut cfg: Config = Figment::new()
             .merge(Toml::file_exact(path))
-            .merge(Env::prefixed("SCIMGATE_").filter(|k| k.as_str().contains("__")).split("__"))
+            .merge(
+                Env::prefixed("SCIMGATE_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(Box::new)?;
         if cfg.scim.schemas_dir.is_relative() {
@@ -264,22 +268,36 @@ impl Config {
             if t.id.is_empty() {
                 return Err(invalid("tenants: id must not be empty"));
             }
-            if !t.base_path.starts_with('/') || t.base_path.ends_with('/') || t.base_path.contains("//") {
+            if !t.base_path.starts_with('/')
+                || t.base_path.ends_with('/')
+                || t.base_path.contains("//")
+            {
                 return Err(invalid(format!(
                     "tenant {}: base_path {:?} must start with / and not end with /",
                     t.id, t.base_path
                 )));
             }
-            if paths.iter().any(|p| p.starts_with(&t.base_path) || t.base_path.starts_with(p)) {
-                return Err(invalid(format!("tenant {}: base_path {} overlaps another tenant's", t.id, t.base_path)));
+            if paths
+                .iter()
+                .any(|p| p.starts_with(&t.base_path) || t.base_path.starts_with(p))
+            {
+                return Err(invalid(format!(
+                    "tenant {}: base_path {} overlaps another tenant's",
+                    t.id, t.base_path
+                )));
             }
             paths.push(&t.base_path);
             if t.tokens.is_empty() {
-                return Err(invalid(format!("tenant {}: at least one token is required", t.id)));
+                return Err(invalid(format!(
+                    "tenant {}: at least one token is required",
+                    t.id
+                )));
             }
         }
         if self.scim.max_page_size == 0 || self.scim.default_page_size > self.scim.max_page_size {
-            return Err(invalid("scim: default_page_size must be between 1 and max_page_size"));
+            return Err(invalid(
+                "scim: default_page_size must be between 1 and max_page_size",
+            ));
         }
         if self.scim.bulk_max_operations == 0 {
             return Err(invalid("scim: bulk_max_operations must be at least 1"));
@@ -300,7 +318,10 @@ impl Config {
                 Ok(Tenant {
                     id: t.id.clone(),
                     base_path: t.base_path.clone(),
-                    public_url: t.public_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
+                    public_url: t
+                        .public_url
+                        .as_ref()
+                        .map(|u| u.trim_end_matches('/').to_string()),
                     token_hashes: hashes,
                 })
             })
@@ -309,24 +330,38 @@ impl Config {
 }
 
 fn resolve_token(tenant: &str, s: &TokenSource) -> Result<[u8; 32], ConfigError> {
-    let given = [s.env.is_some(), s.file.is_some(), s.sha256.is_some()].iter().filter(|b| **b).count();
+    let given = [s.env.is_some(), s.file.is_some(), s.sha256.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if given != 1 {
-        return Err(invalid(format!("tenant {tenant}: each token needs exactly one of env, file, sha256")));
+        return Err(invalid(format!(
+            "tenant {tenant}: each token needs exactly one of env, file, sha256"
+        )));
     }
     if let Some(var) = &s.env {
-        let v = std::env::var(var)
-            .map_err(|_| invalid(format!("tenant {tenant}: environment variable {var} is not set")))?;
+        let v = std::env::var(var).map_err(|_| {
+            invalid(format!(
+                "tenant {tenant}: environment variable {var} is not set"
+            ))
+        })?;
         return token_hash(tenant, v.trim());
     }
     if let Some(file) = &s.file {
-        let v = std::fs::read_to_string(file)
-            .map_err(|e| invalid(format!("tenant {tenant}: cannot read token file {}: {e}", file.display())))?;
+        let v = std::fs::read_to_string(file).map_err(|e| {
+            invalid(format!(
+                "tenant {tenant}: cannot read token file {}: {e}",
+                file.display()
+            ))
+        })?;
         return token_hash(tenant, v.trim());
     }
     let hex = s.sha256.as_deref().unwrap_or_default();
     let mut out = [0u8; 32];
     if hex.len() != 64 {
-        return Err(invalid(format!("tenant {tenant}: sha256 must be 64 hex digits")));
+        return Err(invalid(format!(
+            "tenant {tenant}: sha256 must be 64 hex digits"
+        )));
     }
     for (i, b) in out.iter_mut().enumerate() {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
@@ -337,7 +372,9 @@ fn resolve_token(tenant: &str, s: &TokenSource) -> Result<[u8; 32], ConfigError>
 
 fn token_hash(tenant: &str, token: &str) -> Result<[u8; 32], ConfigError> {
     if token.len() < 16 {
-        return Err(invalid(format!("tenant {tenant}: a token must be at least 16 characters")));
+        return Err(invalid(format!(
+            "tenant {tenant}: a token must be at least 16 characters"
+        )));
     }
     Ok(sha256(token.as_bytes()))
 }
@@ -355,7 +392,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let f = write("[store]\nurl = \"sqlite::memory:\"\nbogus = 1\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{sha256=\"00\"}]\n");
+        let f = write(
+            "[store]\nurl = \"sqlite::memory:\"\nbogus = 1\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{sha256=\"00\"}]\n",
+        );
         let err = Config::load(f.path()).expect_err("unknown key");
         assert!(err.to_string().contains("bogus"), "{err}");
     }
@@ -377,8 +416,13 @@ mod tests {
             "[store]\nurl = \"sqlite::memory:\"\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{{sha256=\"{hash}\"}}]\n"
         ));
         let cfg = Config::load(f.path()).expect("valid");
-        assert_eq!(cfg.tenants().expect("tokens")[0].token_hashes[0], [0xaa; 32]);
-        let f = write("[store]\nurl = \"sqlite::memory:\"\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{env=\"SCIMGATE_TEST_UNSET_VAR\"}]\n");
+        assert_eq!(
+            cfg.tenants().expect("tokens")[0].token_hashes[0],
+            [0xaa; 32]
+        );
+        let f = write(
+            "[store]\nurl = \"sqlite::memory:\"\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{env=\"SCIMGATE_TEST_UNSET_VAR\"}]\n",
+        );
         let cfg = Config::load(f.path()).expect("valid");
         assert!(cfg.tenants().is_err());
     }

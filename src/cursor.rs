@@ -57,14 +57,25 @@ impl CursorKey {
     }
 
     pub fn encode(&self, pos: Position, query_hash: &str, tenant: &str, expires: i64) -> String {
-        let payload = Payload { p: pos, q: query_hash.to_string(), t: tenant.to_string(), e: expires };
+        let payload = Payload {
+            p: pos,
+            q: query_hash.to_string(),
+            t: tenant.to_string(),
+            e: expires,
+        };
         let json = serde_json::to_vec(&payload).unwrap_or_default();
         let body = B64.encode(&json);
         let sig = B64.encode(&self.mac(body.as_bytes())[..16]);
         format!("{body}.{sig}")
     }
 
-    pub fn decode(&self, cursor: &str, query_hash: &str, tenant: &str, now: i64) -> Result<Position, ProtocolError> {
+    pub fn decode(
+        &self,
+        cursor: &str,
+        query_hash: &str,
+        tenant: &str,
+        now: i64,
+    ) -> Result<Position, ProtocolError> {
         let bad = || ProtocolError::InvalidCursor("the cursor is not valid for this query".into());
         let (body, sig) = cursor.split_once('.').ok_or_else(bad)?;
         let sig = B64.decode(sig).map_err(|_| bad())?;
@@ -78,7 +89,9 @@ impl CursorKey {
             return Err(bad());
         }
         if payload.e < now {
-            return Err(ProtocolError::ExpiredCursor("the cursor has expired; start again".into()));
+            return Err(ProtocolError::ExpiredCursor(
+                "the cursor has expired; start again".into(),
+            ));
         }
         Ok(payload.p)
     }
@@ -92,16 +105,37 @@ mod tests {
     fn round_trip_and_tampering() {
         let k = CursorKey::new([7; 32]);
         let c = k.encode(Position::After("abc".into()), "q1", "t", 100);
-        assert_eq!(k.decode(&c, "q1", "t", 50), Ok(Position::After("abc".into())));
-        assert!(matches!(k.decode(&c, "q2", "t", 50), Err(ProtocolError::InvalidCursor(_))));
-        assert!(matches!(k.decode(&c, "q1", "other", 50), Err(ProtocolError::InvalidCursor(_))));
-        assert!(matches!(k.decode(&c, "q1", "t", 101), Err(ProtocolError::ExpiredCursor(_))));
+        assert_eq!(
+            k.decode(&c, "q1", "t", 50),
+            Ok(Position::After("abc".into()))
+        );
+        assert!(matches!(
+            k.decode(&c, "q2", "t", 50),
+            Err(ProtocolError::InvalidCursor(_))
+        ));
+        assert!(matches!(
+            k.decode(&c, "q1", "other", 50),
+            Err(ProtocolError::InvalidCursor(_))
+        ));
+        assert!(matches!(
+            k.decode(&c, "q1", "t", 101),
+            Err(ProtocolError::ExpiredCursor(_))
+        ));
         let mut tampered = c.clone().into_bytes();
         tampered[3] ^= 1;
         let tampered = String::from_utf8(tampered).expect("ascii");
-        assert!(matches!(k.decode(&tampered, "q1", "t", 50), Err(ProtocolError::InvalidCursor(_))));
-        assert!(matches!(k.decode("garbage", "q1", "t", 50), Err(ProtocolError::InvalidCursor(_))));
+        assert!(matches!(
+            k.decode(&tampered, "q1", "t", 50),
+            Err(ProtocolError::InvalidCursor(_))
+        ));
+        assert!(matches!(
+            k.decode("garbage", "q1", "t", 50),
+            Err(ProtocolError::InvalidCursor(_))
+        ));
         let other = CursorKey::new([8; 32]);
-        assert!(matches!(other.decode(&c, "q1", "t", 50), Err(ProtocolError::InvalidCursor(_))));
+        assert!(matches!(
+            other.decode(&c, "q1", "t", 50),
+            Err(ProtocolError::InvalidCursor(_))
+        ));
     }
 }

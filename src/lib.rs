@@ -18,8 +18,8 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scimgate_store::{SqlStore, StoreError};
 use scimgate_store::sql::StoreOptions;
+use scimgate_store::{SqlStore, StoreError};
 
 use crate::config::Config;
 use crate::cursor::CursorKey;
@@ -35,7 +35,10 @@ pub enum StartError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("cursor key file {path}: {source}")]
-    CursorKey { path: String, source: std::io::Error },
+    CursorKey {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Build everything the router needs from a validated config: registry, store (migrated), tenants.
@@ -50,17 +53,29 @@ pub async fn build_state(cfg: &Config) -> Result<Arc<AppState>, StartError> {
     .await?;
     let cursor_key = match &cfg.scim.cursor_key_file {
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|source| StartError::CursorKey { path: p.display().to_string(), source })?;
+            let bytes = std::fs::read(p).map_err(|source| StartError::CursorKey {
+                path: p.display().to_string(),
+                source,
+            })?;
             CursorKey::new(config::sha256(&bytes))
         }
         None => CursorKey::new(rand::random()),
     };
-    let service = ScimService { reg, store: Arc::new(store), limits: Limits::from(&cfg.scim), cursor_key };
+    let service = ScimService {
+        reg,
+        store: Arc::new(store),
+        limits: Limits::from(&cfg.scim),
+        cursor_key,
+    };
     Ok(Arc::new(AppState {
         service,
         tenants,
         max_body_bytes: cfg.server.max_body_bytes,
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
-        scheme: if cfg.server.tls.is_some() { "https" } else { "http" },
+        scheme: if cfg.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
     }))
 }

@@ -39,16 +39,24 @@ fn init_logging(cfg: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(cfg.log.filter.as_deref().unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Pretty => builder.init(),
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Check { config } => check(config),
@@ -68,7 +76,11 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         "config ok: {} tenant(s), {} schema(s), resource types {}",
         tenants.len(),
         reg.schemas().len(),
-        reg.types().iter().map(|t| t.def.id.as_str()).collect::<Vec<_>>().join(", ")
+        reg.types()
+            .iter()
+            .map(|t| t.def.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -82,7 +94,9 @@ async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> 
         None => None,
     };
     let addr = listen.unwrap_or(cfg.server.listen);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {addr}"))?;
     let local = listener.local_addr()?;
     for t in &state.tenants {
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -93,6 +107,13 @@ async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> 
         header_read_timeout: Duration::from_secs(cfg.server.header_read_timeout_secs),
         shutdown_grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
     };
-    server::run(listener, tls, scimgate::http::app(state), opts, server::shutdown_signal()).await?;
+    server::run(
+        listener,
+        tls,
+        scimgate::http::app(state),
+        opts,
+        server::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }

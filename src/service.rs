@@ -40,7 +40,10 @@ pub struct Limits {
 impl From<&ScimConfig> for Limits {
     fn from(c: &ScimConfig) -> Self {
         Limits {
-            filter: FilterLimits { max_len: c.max_filter_length, max_depth: c.max_filter_depth },
+            filter: FilterLimits {
+                max_len: c.max_filter_length,
+                max_depth: c.max_filter_depth,
+            },
             default_page: c.default_page_size,
             max_page: c.max_page_size,
             max_patch_ops: c.max_patch_operations,
@@ -102,7 +105,10 @@ pub fn etag(version: i64) -> String {
 fn etag_matches(header: &str, version: i64) -> bool {
     let want = etag(version);
     let strong = format!("\"{version}\"");
-    header.split(',').map(str::trim).any(|t| t == "*" || t == want || t == strong)
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == want || t == strong)
 }
 
 const MAX_CAS_RETRIES: usize = 8;
@@ -113,7 +119,13 @@ impl ScimService {
     }
 
     /// The full document for output: stored attributes plus id, meta, and members or groups.
-    async fn full_doc(&self, cx: &Ctx, kind: ResourceKind, s: &Stored, proj: &Projection) -> Result<Map<String, Value>, ApiError> {
+    async fn full_doc(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        s: &Stored,
+        proj: &Projection,
+    ) -> Result<Map<String, Value>, ApiError> {
         let mut doc = s.doc.clone();
         doc.insert("id".into(), Value::String(s.id.clone()));
         doc.insert(
@@ -159,7 +171,14 @@ impl ScimService {
         Ok(doc)
     }
 
-    async fn output(&self, cx: &Ctx, kind: ResourceKind, s: &Stored, proj: &Projection, status: StatusCode) -> Result<Output, ApiError> {
+    async fn output(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        s: &Stored,
+        proj: &Projection,
+        status: StatusCode,
+    ) -> Result<Output, ApiError> {
         let doc = self.full_doc(cx, kind, s, proj).await?;
         Ok(Output {
             status,
@@ -169,7 +188,12 @@ impl ScimService {
         })
     }
 
-    pub fn projection(&self, kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> Result<Projection, ApiError> {
+    pub fn projection(
+        &self,
+        kind: ResourceKind,
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+    ) -> Result<Projection, ApiError> {
         Ok(Projection::parse(&self.reg, kind, attributes, excluded)?)
     }
 
@@ -181,15 +205,23 @@ impl ScimService {
     }
 
     /// Take `password` out of a user document and hash it (argon2id, off the async threads).
-    async fn take_password(&self, kind: ResourceKind, doc: &mut Map<String, Value>) -> Result<Option<String>, ApiError> {
+    async fn take_password(
+        &self,
+        kind: ResourceKind,
+        doc: &mut Map<String, Value>,
+    ) -> Result<Option<String>, ApiError> {
         if kind != ResourceKind::User {
             return Ok(None);
         }
-        let Some(Value::String(pw)) = doc.remove("password") else { return Ok(None) };
+        let Some(Value::String(pw)) = doc.remove("password") else {
+            return Ok(None);
+        };
         let hash = tokio::task::spawn_blocking(move || {
             use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
             let salt = SaltString::generate(&mut OsRng);
-            argon2::Argon2::default().hash_password(pw.as_bytes(), &salt).map(|h| h.to_string())
+            argon2::Argon2::default()
+                .hash_password(pw.as_bytes(), &salt)
+                .map(|h| h.to_string())
         })
         .await
         .map_err(ApiError::internal)?
@@ -197,33 +229,58 @@ impl ScimService {
         Ok(Some(hash))
     }
 
-    pub async fn create(&self, cx: &Ctx, kind: ResourceKind, body: Value, proj: &Projection) -> Result<Output, ApiError> {
+    pub async fn create(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        body: Value,
+        proj: &Projection,
+    ) -> Result<Output, ApiError> {
         let mut members = Vec::new();
         let mut body = body;
         if kind == ResourceKind::Group
             && let Value::Object(o) = &mut body
         {
-            let key = o.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
+            let key = o
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case("members"))
+                .cloned();
             if let Some(k) = key
                 && let Some(v) = o.remove(&k)
-                && let Some(MemberOp::Add(list) | MemberOp::Replace(list)) = self.member_ops(v)?.into_iter().next()
+                && let Some(MemberOp::Add(list) | MemberOp::Replace(list)) =
+                    self.member_ops(v)?.into_iter().next()
             {
                 members = list;
             }
         }
         let mut doc = normalize(&self.reg, kind, body, Mode::Create)?;
         let password_hash = self.take_password(kind, &mut doc).await?;
-        let stored = self.store.create(&cx.tenant.id, kind, Write { doc, password_hash }, &members).await?;
+        let stored = self
+            .store
+            .create(&cx.tenant.id, kind, Write { doc, password_hash }, &members)
+            .await?;
         tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
-        self.output(cx, kind, &stored, proj, StatusCode::CREATED).await
+        self.output(cx, kind, &stored, proj, StatusCode::CREATED)
+            .await
     }
 
     fn member_ops(&self, members: Value) -> Result<Vec<MemberOp>, ApiError> {
-        let op = patch::PatchOp { op: patch::OpKind::Replace, path: None, value: Some(json!({"members": members})) };
+        let op = patch::PatchOp {
+            op: patch::OpKind::Replace,
+            path: None,
+            value: Some(json!({"members": members})),
+        };
         Ok(patch::split_members(&self.reg, vec![op])?.0)
     }
 
-    pub async fn get(&self, cx: &Ctx, kind: ResourceKind, id: &str, proj: &Projection, pre: &Preconditions) -> Result<Output, ApiError> {
+    pub async fn get(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        id: &str,
+        proj: &Projection,
+        pre: &Preconditions,
+    ) -> Result<Output, ApiError> {
         let s = self.load(cx, kind, id).await?;
         if let Some(inm) = &pre.if_none_match
             && etag_matches(inm, s.version)
@@ -240,13 +297,24 @@ impl ScimService {
         }
     }
 
-    pub async fn replace(&self, cx: &Ctx, kind: ResourceKind, id: &str, body: Value, proj: &Projection, pre: &Preconditions) -> Result<Output, ApiError> {
+    pub async fn replace(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        id: &str,
+        body: Value,
+        proj: &Projection,
+        pre: &Preconditions,
+    ) -> Result<Output, ApiError> {
         let mut body = body;
         let mut member_ops = Vec::new();
         if kind == ResourceKind::Group
             && let Value::Object(o) = &mut body
         {
-            let key = o.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
+            let key = o
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case("members"))
+                .cloned();
             member_ops = match key.and_then(|k| o.remove(&k)) {
                 Some(v) => self.member_ops(v)?,
                 None => vec![MemberOp::Replace(vec![])],
@@ -258,8 +326,15 @@ impl ScimService {
             let current = self.load(cx, kind, id).await?;
             Self::check_if_match(pre, current.version)?;
             check_immutable(&self.reg, kind, &current.doc, &doc)?;
-            let w = Write { doc: doc.clone(), password_hash: password_hash.clone() };
-            match self.store.replace(&cx.tenant.id, kind, id, current.version, w, &member_ops).await {
+            let w = Write {
+                doc: doc.clone(),
+                password_hash: password_hash.clone(),
+            };
+            match self
+                .store
+                .replace(&cx.tenant.id, kind, id, current.version, w, &member_ops)
+                .await
+            {
                 Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
                 Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
                 Err(e) => return Err(e.into()),
@@ -268,7 +343,15 @@ impl ScimService {
         Err(ApiError::PreconditionFailed)
     }
 
-    pub async fn patch(&self, cx: &Ctx, kind: ResourceKind, id: &str, body: Value, proj: &Projection, pre: &Preconditions) -> Result<Output, ApiError> {
+    pub async fn patch(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        id: &str,
+        body: Value,
+        proj: &Projection,
+        pre: &Preconditions,
+    ) -> Result<Output, ApiError> {
         let ops = patch::parse_request(body, &self.limits.filter, self.limits.max_patch_ops)?;
         let (member_ops, ops) = match kind {
             ResourceKind::Group => patch::split_members(&self.reg, ops)?,
@@ -287,7 +370,11 @@ impl ScimService {
                 return self.output(cx, kind, &current, proj, StatusCode::OK).await;
             }
             let w = Write { doc, password_hash };
-            match self.store.replace(&cx.tenant.id, kind, id, current.version, w, &member_ops).await {
+            match self
+                .store
+                .replace(&cx.tenant.id, kind, id, current.version, w, &member_ops)
+                .await
+            {
                 Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
                 Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
                 Err(e) => return Err(e.into()),
@@ -297,7 +384,12 @@ impl ScimService {
     }
 
     /// `members[type eq "Group"]`-style removals become explicit ids, read under the same version check.
-    async fn resolve_member_filters(&self, cx: &Ctx, group_id: &str, ops: &[MemberOp]) -> Result<Vec<MemberOp>, ApiError> {
+    async fn resolve_member_filters(
+        &self,
+        cx: &Ctx,
+        group_id: &str,
+        ops: &[MemberOp],
+    ) -> Result<Vec<MemberOp>, ApiError> {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
@@ -306,13 +398,21 @@ impl ScimService {
                         &self.reg,
                         ResourceKind::Group,
                         scimgate_scim::filter::Filter::ValuePath {
-                            path: scimgate_scim::filter::AttrPath { urn: None, attr: "members".into(), sub: None },
+                            path: scimgate_scim::filter::AttrPath {
+                                urn: None,
+                                attr: "members".into(),
+                                sub: None,
+                            },
                             filter: Box::new(f.clone()),
                         },
                     )
                     .map_err(|e| ProtocolError::InvalidPath(e.to_string()))?;
-                    let scimgate_scim::filter::Filter::ValuePath { filter, .. } = resolved else { continue };
-                    let Some(attr) = self.reg.rt(ResourceKind::Group).core.attr("members") else { continue };
+                    let scimgate_scim::filter::Filter::ValuePath { filter, .. } = resolved else {
+                        continue;
+                    };
+                    let Some(attr) = self.reg.rt(ResourceKind::Group).core.attr("members") else {
+                        continue;
+                    };
                     let ids = self
                         .store
                         .members(&cx.tenant.id, group_id)
@@ -320,7 +420,8 @@ impl ScimService {
                         .into_iter()
                         .filter(|m| {
                             let el = json!({"value": m.value, "type": m.kind});
-                            el.as_object().is_some_and(|o| eval::matches_element(attr, &filter, o))
+                            el.as_object()
+                                .is_some_and(|o| eval::matches_element(attr, &filter, o))
                         })
                         .map(|m| m.value)
                         .collect();
@@ -332,7 +433,13 @@ impl ScimService {
         Ok(out)
     }
 
-    pub async fn delete(&self, cx: &Ctx, kind: ResourceKind, id: &str, pre: &Preconditions) -> Result<Output, ApiError> {
+    pub async fn delete(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        id: &str,
+        pre: &Preconditions,
+    ) -> Result<Output, ApiError> {
         let expect = match &pre.if_match {
             Some(_) => {
                 let current = self.load(cx, kind, id).await?;
@@ -343,22 +450,40 @@ impl ScimService {
         };
         match self.store.delete(&cx.tenant.id, kind, id, expect).await {
             Ok(()) => {}
-            Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("{} {id} not found", kind.as_str()))),
+            Err(StoreError::NotFound) => {
+                return Err(ApiError::NotFound(format!(
+                    "{} {id} not found",
+                    kind.as_str()
+                )));
+            }
             Err(e) => return Err(e.into()),
         }
         tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id, "deleted");
-        Ok(Output { status: StatusCode::NO_CONTENT, body: None, etag: None, location: None })
+        Ok(Output {
+            status: StatusCode::NO_CONTENT,
+            body: None,
+            etag: None,
+            location: None,
+        })
     }
 
     /// List or search one resource type, or both (root `.search`) when `kind` is `None`.
-    pub async fn list(&self, cx: &Ctx, kind: Option<ResourceKind>, p: &ListParams) -> Result<Value, ApiError> {
+    pub async fn list(
+        &self,
+        cx: &Ctx,
+        kind: Option<ResourceKind>,
+        p: &ListParams,
+    ) -> Result<Value, ApiError> {
         let kinds: Vec<ResourceKind> = match kind {
             Some(k) => vec![k],
             None => vec![ResourceKind::User, ResourceKind::Group],
         };
         let cursor_mode = p.cursor.is_some();
         if cursor_mode && p.start_index.is_some() {
-            return Err(ProtocolError::InvalidValue("use either cursor or startIndex, not both".into()).into());
+            return Err(ProtocolError::InvalidValue(
+                "use either cursor or startIndex, not both".into(),
+            )
+            .into());
         }
         let count = match p.count.as_deref().map(str::trim) {
             None | Some("") => self.limits.default_page,
@@ -370,17 +495,32 @@ impl ScimService {
                         ProtocolError::InvalidValue("count must be an integer".into())
                     }
                 })?;
-                usize::try_from(n.max(0)).unwrap_or(0).min(self.limits.max_page)
+                usize::try_from(n.max(0))
+                    .unwrap_or(0)
+                    .min(self.limits.max_page)
             }
         };
         let start_index = match p.start_index.as_deref().map(str::trim) {
             None | Some("") => 1,
-            Some(s) => s.parse::<i64>().map_err(|_| ProtocolError::InvalidValue("startIndex must be an integer".into()))?.max(1),
+            Some(s) => s
+                .parse::<i64>()
+                .map_err(|_| ProtocolError::InvalidValue("startIndex must be an integer".into()))?
+                .max(1),
         };
-        let desc = match p.sort_order.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        let desc = match p
+            .sort_order
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("") | Some("ascending") => false,
             Some("descending") => true,
-            Some(_) => return Err(ProtocolError::InvalidValue("sortOrder must be ascending or descending".into()).into()),
+            Some(_) => {
+                return Err(ProtocolError::InvalidValue(
+                    "sortOrder must be ascending or descending".into(),
+                )
+                .into());
+            }
         };
         // Per kind: resolved filter, sort and projection. A filter that names attributes a kind lacks
         // excludes that kind from a root search; for a single kind it is invalidFilter.
@@ -401,13 +541,22 @@ impl ScimService {
                 },
                 None => None,
             };
-            let sort = match p.sort_by.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            let sort = match p
+                .sort_by
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
                 Some(s) => {
-                    let path = parse_patch_path(s, &self.limits.filter).map_err(|e| ProtocolError::InvalidValue(format!("sortBy: {e}")))?;
+                    let path = parse_patch_path(s, &self.limits.filter)
+                        .map_err(|e| ProtocolError::InvalidValue(format!("sortBy: {e}")))?;
                     match self.reg.resolve(k, &path.attr) {
                         Some(Target::Attr(r)) if path.filter.is_none() => Some((r.to_path(), desc)),
                         _ => {
-                            return Err(ProtocolError::InvalidValue(format!("sortBy: unknown attribute {s}")).into());
+                            return Err(ProtocolError::InvalidValue(format!(
+                                "sortBy: unknown attribute {s}"
+                            ))
+                            .into());
                         }
                     }
                 }
@@ -417,7 +566,9 @@ impl ScimService {
             plans.push((k, filter, sort, proj));
         }
         if plans.is_empty() {
-            return Err(last_err.map(ApiError::from).unwrap_or_else(|| ProtocolError::InvalidFilter("no resource type matches".into()).into()));
+            return Err(last_err.map(ApiError::from).unwrap_or_else(|| {
+                ProtocolError::InvalidFilter("no resource type matches".into()).into()
+            }));
         }
         let qhash = query_hash(kind, p);
         let now = chrono::Utc::now().timestamp();
@@ -443,7 +594,14 @@ impl ScimService {
                 (Some(Position::After(id)), true) => Start::After(id.clone()),
                 _ => Start::Offset(offset),
             };
-            let q = Query { reg: &self.reg, filter: filter.as_ref(), sort: sort.clone(), start, count: remaining, lowering: true };
+            let q = Query {
+                reg: &self.reg,
+                filter: filter.as_ref(),
+                sort: sort.clone(),
+                start,
+                count: remaining,
+                lowering: true,
+            };
             let page = self.store.query(&cx.tenant.id, *k, &q).await?;
             total += page.total;
             offset = offset.saturating_sub(page.total);
@@ -455,7 +613,11 @@ impl ScimService {
                 last_id = Some(s.id.clone());
             }
         }
-        let more = if single_keyset { keyset_more } else { first + resources.len() < total };
+        let more = if single_keyset {
+            keyset_more
+        } else {
+            first + resources.len() < total
+        };
         let mut body = json!({
             "schemas": [urn::LIST_RESPONSE],
             "totalResults": total,
@@ -491,7 +653,8 @@ impl ScimService {
         let mut results: Vec<Option<Value>> = vec![None; req.ops.len()];
         for i in cyclic {
             let op = &req.ops[i];
-            let err = ApiError::Protocol(ProtocolError::Conflict("circular bulkId references".into()));
+            let err =
+                ApiError::Protocol(ProtocolError::Conflict("circular bulkId references".into()));
             results[i] = Some(op_result(op, None, None, Err(err)));
         }
         let mut ids: HashMap<String, String> = HashMap::new();
@@ -522,11 +685,17 @@ impl ScimService {
         }))
     }
 
-    async fn bulk_one(&self, cx: &Ctx, op: &bulk::BulkOp, ids: &HashMap<String, String>) -> Result<(StatusCode, Option<String>, Output), ApiError> {
+    async fn bulk_one(
+        &self,
+        cx: &Ctx,
+        op: &bulk::BulkOp,
+        ids: &HashMap<String, String>,
+    ) -> Result<(StatusCode, Option<String>, Output), ApiError> {
         let path = bulk::substitute_path(&op.path, ids)
             .map_err(|b| ProtocolError::InvalidValue(format!("bulkId:{b} was not created")))?;
         let mut data = op.data.clone().unwrap_or(Value::Null);
-        bulk::substitute(&mut data, ids).map_err(|b| ProtocolError::InvalidValue(format!("bulkId:{b} was not created")))?;
+        bulk::substitute(&mut data, ids)
+            .map_err(|b| ProtocolError::InvalidValue(format!("bulkId:{b} was not created")))?;
         let trimmed = path.trim_start_matches('/');
         let (endpoint, id) = match trimmed.split_once('/') {
             Some((e, id)) => (e, Some(id)),
@@ -537,7 +706,10 @@ impl ScimService {
             "Groups" => ResourceKind::Group,
             _ => return Err(ApiError::NotFound(format!("no endpoint {path}"))),
         };
-        let pre = Preconditions { if_match: op.version.clone(), if_none_match: None };
+        let pre = Preconditions {
+            if_match: op.version.clone(),
+            if_none_match: None,
+        };
         let proj = Projection::Default;
         let out = match (op.method, id) {
             (Method::Post, None) => self.create(cx, kind, data, &proj).await?,
@@ -548,15 +720,33 @@ impl ScimService {
                 o.location = Some(self.location(cx, kind, id));
                 o
             }
-            _ => return Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {path}", op.method.as_str()))),
+            _ => {
+                return Err(ApiError::MethodNotAllowed(format!(
+                    "{} is not allowed on {path}",
+                    op.method.as_str()
+                )));
+            }
         };
-        let new_id = out.body.as_ref().and_then(|b| b.get("id")).and_then(Value::as_str).map(str::to_string);
-        let location = out.location.clone().or_else(|| new_id.as_ref().map(|i| self.location(cx, kind, i)));
+        let new_id = out
+            .body
+            .as_ref()
+            .and_then(|b| b.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let location = out
+            .location
+            .clone()
+            .or_else(|| new_id.as_ref().map(|i| self.location(cx, kind, i)));
         Ok((out.status, new_id, Output { location, ..out }))
     }
 }
 
-fn op_result(op: &bulk::BulkOp, location: Option<String>, version: Option<String>, outcome: Result<StatusCode, ApiError>) -> Value {
+fn op_result(
+    op: &bulk::BulkOp,
+    location: Option<String>,
+    version: Option<String>,
+    outcome: Result<StatusCode, ApiError>,
+) -> Value {
     let mut r = json!({"method": op.method.as_str()});
     if let Some(b) = &op.bulk_id {
         r["bulkId"] = json!(b);
@@ -592,7 +782,11 @@ fn query_hash(kind: Option<ResourceKind>, p: &ListParams) -> String {
         h.update(part.unwrap_or("").as_bytes());
         h.update([0]);
     }
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

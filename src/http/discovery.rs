@@ -12,7 +12,10 @@ use super::error::ApiError;
 use super::resources::base_url;
 use super::{TenantState, json_response};
 
-pub async fn service_provider_config(State(ts): State<TenantState>, headers: HeaderMap) -> Response {
+pub async fn service_provider_config(
+    State(ts): State<TenantState>,
+    headers: HeaderMap,
+) -> Response {
     let l = &ts.app.service.limits;
     let base = base_url(&ts, &headers);
     let body = json!({
@@ -65,11 +68,22 @@ fn list(resources: Vec<Value>) -> Value {
 
 pub async fn resource_types(State(ts): State<TenantState>, headers: HeaderMap) -> Response {
     let base = base_url(&ts, &headers);
-    let all = ts.app.service.reg.types().iter().map(|rt| resource_type_json(rt, &base)).collect();
+    let all = ts
+        .app
+        .service
+        .reg
+        .types()
+        .iter()
+        .map(|rt| resource_type_json(rt, &base))
+        .collect();
     json_response(StatusCode::OK, &list(all))
 }
 
-pub async fn resource_type(State(ts): State<TenantState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn resource_type(
+    State(ts): State<TenantState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let base = base_url(&ts, &headers);
     let rt = ts
         .app
@@ -79,7 +93,10 @@ pub async fn resource_type(State(ts): State<TenantState>, headers: HeaderMap, Pa
         .iter()
         .find(|t| t.def.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("resource type {id} not found")))?;
-    Ok(json_response(StatusCode::OK, &resource_type_json(rt, &base)))
+    Ok(json_response(
+        StatusCode::OK,
+        &resource_type_json(rt, &base),
+    ))
 }
 
 fn schema_json(s: &scimgate_scim::schema::Schema, base: &str) -> Value {
@@ -91,12 +108,28 @@ fn schema_json(s: &scimgate_scim::schema::Schema, base: &str) -> Value {
 
 pub async fn schemas(State(ts): State<TenantState>, headers: HeaderMap) -> Response {
     let base = base_url(&ts, &headers);
-    let all = ts.app.service.reg.schemas().iter().map(|s| schema_json(s, &base)).collect();
+    let all = ts
+        .app
+        .service
+        .reg
+        .schemas()
+        .iter()
+        .map(|s| schema_json(s, &base))
+        .collect();
     json_response(StatusCode::OK, &list(all))
 }
 
-pub async fn schema(State(ts): State<TenantState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn schema(
+    State(ts): State<TenantState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let base = base_url(&ts, &headers);
-    let s = ts.app.service.reg.schema(&id).ok_or_else(|| ApiError::NotFound(format!("schema {id} not found")))?;
+    let s = ts
+        .app
+        .service
+        .reg
+        .schema(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("schema {id} not found")))?;
     Ok(json_response(StatusCode::OK, &schema_json(s, &base)))
 }

@@ -52,7 +52,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(state.clone()));
     for tenant in &state.tenants {
-        let ts = TenantState { app: state.clone(), tenant: tenant.clone() };
+        let ts = TenantState {
+            app: state.clone(),
+            tenant: tenant.clone(),
+        };
         router = router.nest(&tenant.base_path, tenant_router(ts));
     }
     let x_request_id = header::HeaderName::from_static("x-request-id");
@@ -70,21 +73,44 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 fn tenant_router(ts: TenantState) -> Router {
     use resources::*;
-    let not_allowed = || any(|| async { ApiError::MethodNotAllowed("method not allowed on this endpoint".into()) });
+    let not_allowed = || {
+        any(|| async { ApiError::MethodNotAllowed("method not allowed on this endpoint".into()) })
+    };
     let me = || any(|| async { ApiError::NotImplemented("/Me is not supported".into()) });
     let nope = |m: axum::routing::MethodRouter<TenantState>| {
-        m.fallback(|| async { ApiError::MethodNotAllowed("method not allowed on this endpoint".into()) })
+        m.fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
+        })
     };
     Router::new()
         .route("/Users", nope(get(list_users).post(create_user)))
         .route("/Users/.search", nope(post(search_users)))
-        .route("/Users/{id}", nope(get(get_user).put(replace_user).patch(patch_user).delete(delete_user)))
+        .route(
+            "/Users/{id}",
+            nope(
+                get(get_user)
+                    .put(replace_user)
+                    .patch(patch_user)
+                    .delete(delete_user),
+            ),
+        )
         .route("/Groups", nope(get(list_groups).post(create_group)))
         .route("/Groups/.search", nope(post(search_groups)))
-        .route("/Groups/{id}", nope(get(get_group).put(replace_group).patch(patch_group).delete(delete_group)))
+        .route(
+            "/Groups/{id}",
+            nope(
+                get(get_group)
+                    .put(replace_group)
+                    .patch(patch_group)
+                    .delete(delete_group),
+            ),
+        )
         .route("/.search", nope(post(search_root)))
         .route("/Bulk", nope(post(bulk)))
-        .route("/ServiceProviderConfig", nope(get(discovery::service_provider_config)))
+        .route(
+            "/ServiceProviderConfig",
+            nope(get(discovery::service_provider_config)),
+        )
         .route("/ResourceTypes", nope(get(discovery::resource_types)))
         .route("/ResourceTypes/{id}", nope(get(discovery::resource_type)))
         .route("/Schemas", nope(get(discovery::schemas)))
@@ -103,7 +129,10 @@ async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     let Some(token) = presented else {
         return ApiError::Unauthorized("a bearer token is required".into()).into_response();
@@ -114,7 +143,8 @@ async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -
         ok |= h.ct_eq(&hash);
     }
     if !bool::from(ok) {
-        return ApiError::Unauthorized("the bearer token is not valid for this tenant".into()).into_response();
+        return ApiError::Unauthorized("the bearer token is not valid for this tenant".into())
+            .into_response();
     }
     next.run(req).await
 }
@@ -130,22 +160,43 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Read a JSON body within `limit` bytes. `application/scim+json` and `application/json` are accepted.
-pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<serde_json::Value, ApiError> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<serde_json::Value, ApiError> {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if !(mime == SCIM_JSON || mime == "application/json" || mime.is_empty()) {
-            return Err(ApiError::UnsupportedMediaType(format!("content type {mime} is not JSON")));
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "content type {mime} is not JSON"
+            )));
         }
     }
     let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| scimgate_scim::ProtocolError::InvalidSyntax(format!("the body is not valid JSON: {e}")).into())
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        scimgate_scim::ProtocolError::InvalidSyntax(format!("the body is not valid JSON: {e}"))
+            .into()
+    })
 }
 
 /// Turn a service output into a response with the SCIM content type, ETag and Location.
@@ -167,6 +218,7 @@ pub fn respond(out: crate::service::Output) -> Response {
 /// A JSON body response with the SCIM content type.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut r = (status, body.to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
     r
 }

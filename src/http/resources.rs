@@ -20,21 +20,37 @@ fn ctx(ts: &TenantState, headers: &HeaderMap) -> Ctx {
     let base_url = match &ts.tenant.public_url {
         Some(u) => u.clone(),
         None => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
             format!("{}://{host}{}", ts.app.scheme, ts.tenant.base_path)
         }
     };
-    Ctx { tenant: ts.tenant.clone(), base_url }
+    Ctx {
+        tenant: ts.tenant.clone(),
+        base_url,
+    }
 }
 
 /// Query parameter names are matched case-insensitively.
 fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    q.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 fn preconditions(headers: &HeaderMap) -> Preconditions {
-    let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
-    Preconditions { if_match: get(header::IF_MATCH), if_none_match: get(header::IF_NONE_MATCH) }
+    let get = |h: header::HeaderName| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Preconditions {
+        if_match: get(header::IF_MATCH),
+        if_none_match: get(header::IF_NONE_MATCH),
+    }
 }
 
 fn list_params(q: &HashMap<String, String>) -> ListParams {
@@ -54,15 +70,25 @@ fn list_params(q: &HashMap<String, String>) -> ListParams {
 /// A SearchRequest body (RFC 7644 §3.4.3) as list parameters; values may be JSON strings or numbers.
 fn search_params(body: Value) -> Result<ListParams, ApiError> {
     let Value::Object(o) = body else {
-        return Err(scimgate_scim::ProtocolError::InvalidSyntax("a SearchRequest must be a JSON object".into()).into());
+        return Err(scimgate_scim::ProtocolError::InvalidSyntax(
+            "a SearchRequest must be a JSON object".into(),
+        )
+        .into());
     };
     let get = |n: &str| -> Option<String> {
-        o.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).and_then(|(_, v)| match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Array(a) => Some(a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
-            _ => None,
-        })
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .and_then(|(_, v)| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Array(a) => Some(
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                _ => None,
+            })
     };
     Ok(ListParams {
         filter: get("filter"),
@@ -76,61 +102,172 @@ fn search_params(body: Value) -> Result<ListParams, ApiError> {
     })
 }
 
-async fn list(ts: TenantState, headers: HeaderMap, kind: Option<ResourceKind>, p: ListParams) -> Result<Response, ApiError> {
+async fn list(
+    ts: TenantState,
+    headers: HeaderMap,
+    kind: Option<ResourceKind>,
+    p: ListParams,
+) -> Result<Response, ApiError> {
     let cx = ctx(&ts, &headers);
     let body = ts.app.service.list(&cx, kind, &p).await?;
     Ok(json_response(StatusCode::OK, &body))
 }
 
-async fn search(ts: TenantState, headers: HeaderMap, kind: Option<ResourceKind>, body: Body) -> Result<Response, ApiError> {
+async fn search(
+    ts: TenantState,
+    headers: HeaderMap,
+    kind: Option<ResourceKind>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.max_body_bytes).await?;
     let p = search_params(json)?;
     list(ts, headers, kind, p).await
 }
 
-async fn create(ts: TenantState, headers: HeaderMap, q: HashMap<String, String>, kind: ResourceKind, body: Body) -> Result<Response, ApiError> {
+async fn create(
+    ts: TenantState,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    kind: ResourceKind,
+    body: Body,
+) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.max_body_bytes).await?;
     let svc = &ts.app.service;
-    let proj = svc.projection(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
-    Ok(respond(svc.create(&ctx(&ts, &headers), kind, json, &proj).await?))
+    let proj = svc.projection(
+        kind,
+        param(&q, "attributes"),
+        param(&q, "excludedAttributes"),
+    )?;
+    Ok(respond(
+        svc.create(&ctx(&ts, &headers), kind, json, &proj).await?,
+    ))
 }
 
-async fn get_one(ts: TenantState, headers: HeaderMap, q: HashMap<String, String>, kind: ResourceKind, id: String) -> Result<Response, ApiError> {
+async fn get_one(
+    ts: TenantState,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    kind: ResourceKind,
+    id: String,
+) -> Result<Response, ApiError> {
     let svc = &ts.app.service;
-    let proj = svc.projection(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
-    Ok(respond(svc.get(&ctx(&ts, &headers), kind, &id, &proj, &preconditions(&headers)).await?))
+    let proj = svc.projection(
+        kind,
+        param(&q, "attributes"),
+        param(&q, "excludedAttributes"),
+    )?;
+    Ok(respond(
+        svc.get(
+            &ctx(&ts, &headers),
+            kind,
+            &id,
+            &proj,
+            &preconditions(&headers),
+        )
+        .await?,
+    ))
 }
 
-async fn replace(ts: TenantState, headers: HeaderMap, q: HashMap<String, String>, kind: ResourceKind, id: String, body: Body) -> Result<Response, ApiError> {
+async fn replace(
+    ts: TenantState,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    kind: ResourceKind,
+    id: String,
+    body: Body,
+) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.max_body_bytes).await?;
     let svc = &ts.app.service;
-    let proj = svc.projection(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
-    Ok(respond(svc.replace(&ctx(&ts, &headers), kind, &id, json, &proj, &preconditions(&headers)).await?))
+    let proj = svc.projection(
+        kind,
+        param(&q, "attributes"),
+        param(&q, "excludedAttributes"),
+    )?;
+    Ok(respond(
+        svc.replace(
+            &ctx(&ts, &headers),
+            kind,
+            &id,
+            json,
+            &proj,
+            &preconditions(&headers),
+        )
+        .await?,
+    ))
 }
 
-async fn patch(ts: TenantState, headers: HeaderMap, q: HashMap<String, String>, kind: ResourceKind, id: String, body: Body) -> Result<Response, ApiError> {
+async fn patch(
+    ts: TenantState,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    kind: ResourceKind,
+    id: String,
+    body: Body,
+) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.max_body_bytes).await?;
     let svc = &ts.app.service;
-    let proj = svc.projection(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
-    Ok(respond(svc.patch(&ctx(&ts, &headers), kind, &id, json, &proj, &preconditions(&headers)).await?))
+    let proj = svc.projection(
+        kind,
+        param(&q, "attributes"),
+        param(&q, "excludedAttributes"),
+    )?;
+    Ok(respond(
+        svc.patch(
+            &ctx(&ts, &headers),
+            kind,
+            &id,
+            json,
+            &proj,
+            &preconditions(&headers),
+        )
+        .await?,
+    ))
 }
 
-async fn delete(ts: TenantState, headers: HeaderMap, kind: ResourceKind, id: String) -> Result<Response, ApiError> {
-    Ok(respond(ts.app.service.delete(&ctx(&ts, &headers), kind, &id, &preconditions(&headers)).await?))
+async fn delete(
+    ts: TenantState,
+    headers: HeaderMap,
+    kind: ResourceKind,
+    id: String,
+) -> Result<Response, ApiError> {
+    Ok(respond(
+        ts.app
+            .service
+            .delete(&ctx(&ts, &headers), kind, &id, &preconditions(&headers))
+            .await?,
+    ))
 }
 
 macro_rules! kind_handlers {
     ($kind:expr, $list:ident, $search:ident, $create:ident, $get:ident, $replace:ident, $patch:ident, $delete:ident) => {
-        pub async fn $list(State(ts): State<TenantState>, headers: HeaderMap, Query(q): Params) -> Result<Response, ApiError> {
+        pub async fn $list(
+            State(ts): State<TenantState>,
+            headers: HeaderMap,
+            Query(q): Params,
+        ) -> Result<Response, ApiError> {
             list(ts, headers, Some($kind), list_params(&q)).await
         }
-        pub async fn $search(State(ts): State<TenantState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+        pub async fn $search(
+            State(ts): State<TenantState>,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Result<Response, ApiError> {
             search(ts, headers, Some($kind), body).await
         }
-        pub async fn $create(State(ts): State<TenantState>, headers: HeaderMap, Query(q): Params, body: Body) -> Result<Response, ApiError> {
+        pub async fn $create(
+            State(ts): State<TenantState>,
+            headers: HeaderMap,
+            Query(q): Params,
+            body: Body,
+        ) -> Result<Response, ApiError> {
             create(ts, headers, q, $kind, body).await
         }
-        pub async fn $get(State(ts): State<TenantState>, headers: HeaderMap, Query(q): Params, Path(id): Path<String>) -> Result<Response, ApiError> {
+        pub async fn $get(
+            State(ts): State<TenantState>,
+            headers: HeaderMap,
+            Query(q): Params,
+            Path(id): Path<String>,
+        ) -> Result<Response, ApiError> {
             get_one(ts, headers, q, $kind, id).await
         }
         pub async fn $replace(
@@ -151,20 +288,50 @@ macro_rules! kind_handlers {
         ) -> Result<Response, ApiError> {
             patch(ts, headers, q, $kind, id, body).await
         }
-        pub async fn $delete(State(ts): State<TenantState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+        pub async fn $delete(
+            State(ts): State<TenantState>,
+            headers: HeaderMap,
+            Path(id): Path<String>,
+        ) -> Result<Response, ApiError> {
             delete(ts, headers, $kind, id).await
         }
     };
 }
 
-kind_handlers!(ResourceKind::User, list_users, search_users, create_user, get_user, replace_user, patch_user, delete_user);
-kind_handlers!(ResourceKind::Group, list_groups, search_groups, create_group, get_group, replace_group, patch_group, delete_group);
+kind_handlers!(
+    ResourceKind::User,
+    list_users,
+    search_users,
+    create_user,
+    get_user,
+    replace_user,
+    patch_user,
+    delete_user
+);
+kind_handlers!(
+    ResourceKind::Group,
+    list_groups,
+    search_groups,
+    create_group,
+    get_group,
+    replace_group,
+    patch_group,
+    delete_group
+);
 
-pub async fn search_root(State(ts): State<TenantState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn search_root(
+    State(ts): State<TenantState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     search(ts, headers, None, body).await
 }
 
-pub async fn bulk(State(ts): State<TenantState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn bulk(
+    State(ts): State<TenantState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.service.limits.bulk_max_payload).await?;
     let out = ts.app.service.bulk(&ctx(&ts, &headers), json).await?;
     Ok(json_response(StatusCode::OK, &out))

@@ -21,7 +21,8 @@ pub enum Backend {
 }
 
 pub fn pg_admin_url() -> String {
-    std::env::var("SCIMGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+    std::env::var("SCIMGATE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
 }
 
 pub fn repo_root() -> PathBuf {
@@ -29,7 +30,10 @@ pub fn repo_root() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn psql(sql: &str) {
@@ -38,7 +42,11 @@ fn psql(sql: &str) {
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
         .output()
         .unwrap_or_else(|e| panic!("psql is required for PostgreSQL tests: {e}"));
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub struct Gateway {
@@ -61,30 +69,47 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { backend: Backend::Sqlite, extra_schemas: vec![], extra_config: String::new() }
+        Options {
+            backend: Backend::Sqlite,
+            extra_schemas: vec![],
+            extra_config: String::new(),
+        }
     }
 }
 
 impl Gateway {
     pub async fn start(backend: Backend) -> Gateway {
-        Self::start_with(Options { backend, ..Options::default() }).await
+        Self::start_with(Options {
+            backend,
+            ..Options::default()
+        })
+        .await
     }
 
     pub async fn start_with(opts: Options) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let schemas = dir.path().join("schemas");
         std::fs::create_dir(&schemas).expect("schemas dir");
-        for e in std::fs::read_dir(repo_root().join("schemas")).expect("repo schemas").flatten() {
+        for e in std::fs::read_dir(repo_root().join("schemas"))
+            .expect("repo schemas")
+            .flatten()
+        {
             std::fs::copy(e.path(), schemas.join(e.file_name())).expect("copy schema");
         }
         for p in &opts.extra_schemas {
-            std::fs::copy(p, schemas.join(p.file_name().expect("file name"))).expect("copy extra schema");
+            std::fs::copy(p, schemas.join(p.file_name().expect("file name")))
+                .expect("copy extra schema");
         }
         let (url, db) = match opts.backend {
-            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("scimgate.db").display()), None),
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("scimgate.db").display()),
+                None,
+            ),
             Backend::Postgres => {
                 let name = format!("scimgate_test_{}", uuid::Uuid::new_v4().simple());
-                psql(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"));
+                psql(&format!(
+                    "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"
+                ));
                 (format!("{}/{name}", pg_admin_url()), Some(name))
             }
         };
@@ -112,7 +137,15 @@ impl Gateway {
             .expect("start scimgate");
         let base = format!("http://127.0.0.1:{port}/scim/v2");
         let client = reqwest::Client::new();
-        let mut gw = Gateway { child, base, client, dir, db, log, config };
+        let mut gw = Gateway {
+            child,
+            base,
+            client,
+            dir,
+            db,
+            log,
+            config,
+        };
         gw.wait_ready().await;
         gw
     }
@@ -129,7 +162,11 @@ impl Gateway {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "scimgate did not become ready:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "scimgate did not become ready:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -143,7 +180,9 @@ impl Gateway {
     }
 
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, self.url(path)).bearer_auth(TOKEN)
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN)
     }
 
     /// Send a JSON request and return (status, body or Null).
@@ -151,12 +190,18 @@ impl Gateway {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut rb = self.req(m, path);
         if let Some(b) = body {
-            rb = rb.header("content-type", "application/scim+json").body(b.to_string());
+            rb = rb
+                .header("content-type", "application/scim+json")
+                .body(b.to_string());
         }
         let r = rb.send().await.expect("request");
         let status = r.status().as_u16();
         let text = r.text().await.expect("body");
-        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, v)
     }
 

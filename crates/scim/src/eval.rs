@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::error::{ProtocolError, Result};
 use crate::filter::{AttrPath, CompValue, CompareOp, Filter};
 use crate::resource::parse_datetime;
-use crate::schema::{AttrType, Attribute, Home, Registry, ResourceKind, Resolved, Target};
+use crate::schema::{AttrType, Attribute, Home, Registry, Resolved, ResourceKind, Target};
 
 /// Resolve a filter against a resource type. Unknown attributes and operators that do not apply to the
 /// attribute's type are `invalidFilter`.
@@ -24,7 +24,12 @@ pub fn resolve(reg: &Registry, kind: ResourceKind, f: Filter) -> Result<Filter> 
     resolve_in(reg, kind, None, f)
 }
 
-fn resolve_in(reg: &Registry, kind: ResourceKind, parent: Option<&Resolved<'_>>, f: Filter) -> Result<Filter> {
+fn resolve_in(
+    reg: &Registry,
+    kind: ResourceKind,
+    parent: Option<&Resolved<'_>>,
+    f: Filter,
+) -> Result<Filter> {
     Ok(match f {
         Filter::And(a, b) => Filter::And(
             Box::new(resolve_in(reg, kind, parent, *a)?),
@@ -39,18 +44,29 @@ fn resolve_in(reg: &Registry, kind: ResourceKind, parent: Option<&Resolved<'_>>,
         Filter::Compare { path, op, value } => {
             let r = resolve_path(reg, kind, parent, &path)?;
             let value = coerce_value(&r, op, value)?;
-            Filter::Compare { path: r.to_path(), op, value }
+            Filter::Compare {
+                path: r.to_path(),
+                op,
+                value,
+            }
         }
         Filter::ValuePath { path, filter } => {
             if parent.is_some() {
-                return Err(ProtocolError::InvalidFilter("a value filter cannot nest another".into()));
+                return Err(ProtocolError::InvalidFilter(
+                    "a value filter cannot nest another".into(),
+                ));
             }
             let r = resolve_path(reg, kind, None, &path)?;
             if r.sub.is_some() || r.attr.kind != AttrType::Complex {
-                return Err(ProtocolError::InvalidFilter(format!("{path} is not a complex attribute")));
+                return Err(ProtocolError::InvalidFilter(format!(
+                    "{path} is not a complex attribute"
+                )));
             }
             let inner = resolve_in(reg, kind, Some(&r), *filter)?;
-            Filter::ValuePath { path: r.to_path(), filter: Box::new(inner) }
+            Filter::ValuePath {
+                path: r.to_path(),
+                filter: Box::new(inner),
+            }
         }
     })
 }
@@ -68,7 +84,11 @@ fn resolve_path<'r>(
             return Err(unknown());
         }
         let sub = parent.attr.sub(&p.attr).ok_or_else(unknown)?;
-        return Ok(Resolved { home: parent.home, attr: parent.attr, sub: Some(sub) });
+        return Ok(Resolved {
+            home: parent.home,
+            attr: parent.attr,
+            sub: Some(sub),
+        });
     }
     match reg.resolve(kind, p) {
         Some(Target::Attr(r)) => Ok(r),
@@ -82,10 +102,15 @@ fn coerce_value(r: &Resolved<'_>, op: CompareOp, value: CompValue) -> Result<Com
     let bad = |msg: String| ProtocolError::InvalidFilter(msg);
     let name = r.to_path();
     if matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) && !leaf.kind.is_stringy() {
-        return Err(bad(format!("{} cannot be used on {name} ({:?})", op, leaf.kind)));
+        return Err(bad(format!(
+            "{} cannot be used on {name} ({:?})",
+            op, leaf.kind
+        )));
     }
-    if matches!(op, CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le)
-        && matches!(leaf.kind, AttrType::Boolean | AttrType::Binary)
+    if matches!(
+        op,
+        CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le
+    ) && matches!(leaf.kind, AttrType::Boolean | AttrType::Binary)
     {
         return Err(bad(format!("{op} cannot be used on {name}")));
     }
@@ -140,10 +165,14 @@ pub fn matches(reg: &Registry, kind: ResourceKind, f: &Filter, doc: &Map<String,
         Filter::And(a, b) => matches(reg, kind, a, doc) && matches(reg, kind, b, doc),
         Filter::Or(a, b) => matches(reg, kind, a, doc) || matches(reg, kind, b, doc),
         Filter::Not(a) => !matches(reg, kind, a, doc),
-        Filter::Present(p) => leaf_values(reg, kind, p, doc).iter().any(|(_, v)| present(v)),
+        Filter::Present(p) => leaf_values(reg, kind, p, doc)
+            .iter()
+            .any(|(_, v)| present(v)),
         Filter::Compare { path, op, value } => compare_path(reg, kind, path, *op, value, doc),
         Filter::ValuePath { path, filter } => {
-            let Some(Target::Attr(r)) = reg.resolve(kind, path) else { return false };
+            let Some(Target::Attr(r)) = reg.resolve(kind, path) else {
+                return false;
+            };
             element_values(r.home, r.attr, doc)
                 .into_iter()
                 .filter_map(Value::as_object)
@@ -164,7 +193,9 @@ pub fn matches_element(attr: &Attribute, f: &Filter, el: &Map<String, Value>) ->
         }
         Filter::Compare { path, op, value } => {
             let name = path.sub.as_deref().unwrap_or(&path.attr);
-            let Some(sub) = attr.sub(name) else { return false };
+            let Some(sub) = attr.sub(name) else {
+                return false;
+            };
             let vals: Vec<&Value> = match el.get(&sub.name) {
                 Some(Value::Array(a)) => a.iter().collect(),
                 Some(v) => vec![v],
@@ -176,10 +207,22 @@ pub fn matches_element(attr: &Attribute, f: &Filter, el: &Map<String, Value>) ->
     }
 }
 
-fn compare_path(reg: &Registry, kind: ResourceKind, path: &AttrPath, op: CompareOp, value: &CompValue, doc: &Map<String, Value>) -> bool {
-    let Some(Target::Attr(r)) = reg.resolve(kind, path) else { return false };
+fn compare_path(
+    reg: &Registry,
+    kind: ResourceKind,
+    path: &AttrPath,
+    op: CompareOp,
+    value: &CompValue,
+    doc: &Map<String, Value>,
+) -> bool {
+    let Some(Target::Attr(r)) = reg.resolve(kind, path) else {
+        return false;
+    };
     let leaf = compare_attr(&r);
-    let vals: Vec<&Value> = leaf_values(reg, kind, path, doc).into_iter().map(|(_, v)| v).collect();
+    let vals: Vec<&Value> = leaf_values(reg, kind, path, doc)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     compare_values(leaf, &vals, op, value)
 }
 
@@ -197,17 +240,21 @@ fn compare_values(attr: &Attribute, vals: &[&Value], op: CompareOp, value: &Comp
 
 fn compare_one(attr: &Attribute, v: &Value, op: CompareOp, want: &CompValue) -> bool {
     let ord = match (attr.kind, v, want) {
-        (AttrType::Boolean, Value::Bool(a), CompValue::Bool(b)) => return op == CompareOp::Eq && a == b,
+        (AttrType::Boolean, Value::Bool(a), CompValue::Bool(b)) => {
+            return op == CompareOp::Eq && a == b;
+        }
         (AttrType::Integer | AttrType::Decimal, Value::Number(a), CompValue::Num(b)) => {
             match (a.as_f64(), b.as_f64()) {
                 (Some(a), Some(b)) => a.partial_cmp(&b),
                 _ => None,
             }
         }
-        (AttrType::DateTime, Value::String(a), CompValue::Str(b)) => match (parse_datetime(a), parse_datetime(b)) {
-            (Some(a), Some(b)) => Some(a.cmp(&b)),
-            _ => None,
-        },
+        (AttrType::DateTime, Value::String(a), CompValue::Str(b)) => {
+            match (parse_datetime(a), parse_datetime(b)) {
+                (Some(a), Some(b)) => Some(a.cmp(&b)),
+                _ => None,
+            }
+        }
         (_, Value::String(a), CompValue::Str(b)) => {
             let (a, b) = if attr.case_exact {
                 (a.clone(), b.clone())
@@ -247,8 +294,15 @@ pub fn present(v: &Value) -> bool {
 
 /// The values a path names: (element, value) pairs, flattening multi-valued attributes. For a complex attribute
 /// without a sub-attribute, the values are its `value` sub-attribute when comparing and the elements for `pr`.
-fn leaf_values<'d>(reg: &Registry, kind: ResourceKind, path: &AttrPath, doc: &'d Map<String, Value>) -> Vec<(usize, &'d Value)> {
-    let Some(Target::Attr(r)) = reg.resolve(kind, path) else { return vec![] };
+fn leaf_values<'d>(
+    reg: &Registry,
+    kind: ResourceKind,
+    path: &AttrPath,
+    doc: &'d Map<String, Value>,
+) -> Vec<(usize, &'d Value)> {
+    let Some(Target::Attr(r)) = reg.resolve(kind, path) else {
+        return vec![];
+    };
     let elements = element_values(r.home, r.attr, doc);
     let mut out = Vec::new();
     for (i, el) in elements.into_iter().enumerate() {
@@ -273,7 +327,11 @@ fn leaf_values<'d>(reg: &Registry, kind: ResourceKind, path: &AttrPath, doc: &'d
 }
 
 /// The elements of an attribute in a document (one element for a singular attribute).
-pub fn element_values<'d>(home: Home<'_>, attr: &Attribute, doc: &'d Map<String, Value>) -> Vec<&'d Value> {
+pub fn element_values<'d>(
+    home: Home<'_>,
+    attr: &Attribute,
+    doc: &'d Map<String, Value>,
+) -> Vec<&'d Value> {
     let container = match home {
         Home::Extension(urn) => match doc.get(urn).and_then(Value::as_object) {
             Some(o) => o,
@@ -290,8 +348,15 @@ pub fn element_values<'d>(home: Home<'_>, attr: &Attribute, doc: &'d Map<String,
 
 /// A sort key for `sortBy` (RFC 7644 §3.4.2.3): the primary (or first) value of a multi-valued attribute;
 /// strings lower-cased unless caseExact. `None` sorts last in ascending order.
-pub fn sort_key(reg: &Registry, kind: ResourceKind, path: &AttrPath, doc: &Map<String, Value>) -> Option<SortKey> {
-    let Some(Target::Attr(r)) = reg.resolve(kind, path) else { return None };
+pub fn sort_key(
+    reg: &Registry,
+    kind: ResourceKind,
+    path: &AttrPath,
+    doc: &Map<String, Value>,
+) -> Option<SortKey> {
+    let Some(Target::Attr(r)) = reg.resolve(kind, path) else {
+        return None;
+    };
     let elements = element_values(r.home, r.attr, doc);
     let chosen = elements
         .iter()
@@ -304,7 +369,9 @@ pub fn sort_key(reg: &Registry, kind: ResourceKind, path: &AttrPath, doc: &Map<S
         (None, _) => chosen,
     };
     Some(match (leaf.kind, v) {
-        (AttrType::DateTime, Value::String(s)) => SortKey::Time(parse_datetime(s)?.timestamp_micros()),
+        (AttrType::DateTime, Value::String(s)) => {
+            SortKey::Time(parse_datetime(s)?.timestamp_micros())
+        }
         (_, Value::String(s)) if leaf.case_exact => SortKey::Str(s.clone()),
         (_, Value::String(s)) => SortKey::Str(s.to_lowercase()),
         (_, Value::Number(n)) => SortKey::Num(n.as_f64()?),

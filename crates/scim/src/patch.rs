@@ -23,9 +23,13 @@ use serde_json::{Map, Value};
 
 use crate::error::{ProtocolError, Result};
 use crate::eval::matches_element;
-use crate::filter::{AttrPath, CompValue, CompareOp, Filter, FilterLimits, PatchPath, parse_patch_path};
+use crate::filter::{
+    AttrPath, CompValue, CompareOp, Filter, FilterLimits, PatchPath, parse_patch_path,
+};
 use crate::resource::coerce_attr;
-use crate::schema::{AttrType, Attribute, Home, Mutability, Registry, ResourceKind, Schema, Target};
+use crate::schema::{
+    AttrType, Attribute, Home, Mutability, Registry, ResourceKind, Schema, Target,
+};
 
 pub const PATCH_OP_URN: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
@@ -46,12 +50,25 @@ pub struct PatchOp {
 /// Parse a PatchOp request body. `max_ops` bounds the number of operations.
 pub fn parse_request(body: Value, limits: &FilterLimits, max_ops: usize) -> Result<Vec<PatchOp>> {
     let Value::Object(body) = body else {
-        return Err(ProtocolError::InvalidSyntax("a PATCH body must be a JSON object".into()));
+        return Err(ProtocolError::InvalidSyntax(
+            "a PATCH body must be a JSON object".into(),
+        ));
     };
-    let get = |name: &str| body.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+    let get = |name: &str| {
+        body.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
     let schemas = get("schemas").and_then(Value::as_array);
-    if !schemas.is_some_and(|s| s.iter().any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(PATCH_OP_URN)))) {
-        return Err(ProtocolError::InvalidSyntax(format!("schemas must be [\"{PATCH_OP_URN}\"]")));
+    if !schemas.is_some_and(|s| {
+        s.iter().any(|u| {
+            u.as_str()
+                .is_some_and(|u| u.eq_ignore_ascii_case(PATCH_OP_URN))
+        })
+    }) {
+        return Err(ProtocolError::InvalidSyntax(format!(
+            "schemas must be [\"{PATCH_OP_URN}\"]"
+        )));
     }
     let ops = get("Operations")
         .and_then(Value::as_array)
@@ -60,7 +77,9 @@ pub fn parse_request(body: Value, limits: &FilterLimits, max_ops: usize) -> Resu
         return Err(ProtocolError::InvalidSyntax("Operations is empty".into()));
     }
     if ops.len() > max_ops {
-        return Err(ProtocolError::InvalidValue(format!("at most {max_ops} operations per PATCH")));
+        return Err(ProtocolError::InvalidValue(format!(
+            "at most {max_ops} operations per PATCH"
+        )));
     }
     ops.iter().map(|o| parse_op(o, limits)).collect()
 }
@@ -69,22 +88,38 @@ fn parse_op(o: &Value, limits: &FilterLimits) -> Result<PatchOp> {
     let o = o
         .as_object()
         .ok_or_else(|| ProtocolError::InvalidSyntax("each operation must be an object".into()))?;
-    let get = |name: &str| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
-    let op = match get("op").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
+    let get = |name: &str| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let op = match get("op")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("add") => OpKind::Add,
         Some("replace") => OpKind::Replace,
         Some("remove") => OpKind::Remove,
-        _ => return Err(ProtocolError::InvalidSyntax("op must be add, replace or remove".into())),
+        _ => {
+            return Err(ProtocolError::InvalidSyntax(
+                "op must be add, replace or remove".into(),
+            ));
+        }
     };
     let path = match get("path") {
         None | Some(Value::Null) => None,
         Some(Value::String(p)) if p.trim().is_empty() => None,
-        Some(Value::String(p)) => Some(parse_patch_path(p.trim(), limits).map_err(ProtocolError::path)?),
+        Some(Value::String(p)) => {
+            Some(parse_patch_path(p.trim(), limits).map_err(ProtocolError::path)?)
+        }
         Some(_) => return Err(ProtocolError::InvalidPath("path must be a string".into())),
     };
     let value = get("value").cloned();
     if op != OpKind::Remove && value.is_none() {
-        return Err(ProtocolError::InvalidValue("add and replace need a value".into()));
+        return Err(ProtocolError::InvalidValue(
+            "add and replace need a value".into(),
+        ));
     }
     if op == OpKind::Remove && path.is_none() {
         return Err(ProtocolError::NoTarget("remove needs a path".into()));
@@ -94,24 +129,35 @@ fn parse_op(o: &Value, limits: &FilterLimits) -> Result<PatchOp> {
 
 /// Apply operations to a canonical document (without `id`/`meta`). `id` is the resource's id, for the Okta
 /// rename echo. The caller validates the result with `normalize` and `check_immutable`.
-pub fn apply(reg: &Registry, kind: ResourceKind, id: &str, doc: &mut Map<String, Value>, ops: &[PatchOp]) -> Result<()> {
+pub fn apply(
+    reg: &Registry,
+    kind: ResourceKind,
+    id: &str,
+    doc: &mut Map<String, Value>,
+    ops: &[PatchOp],
+) -> Result<()> {
     let cx = Cx { reg, kind, id };
     for op in ops {
         match &op.path {
             Some(path) => cx.apply_path(doc, op.op, path, op.value.clone())?,
             None => {
                 let Some(Value::Object(value)) = op.value.clone() else {
-                    return Err(ProtocolError::InvalidValue("without a path, the value must be an object".into()));
+                    return Err(ProtocolError::InvalidValue(
+                        "without a path, the value must be an object".into(),
+                    ));
                 };
                 for (key, v) in value {
                     if key.eq_ignore_ascii_case("schemas") || key.eq_ignore_ascii_case("meta") {
                         continue;
                     }
                     let limits = FilterLimits::default();
-                    let path = parse_patch_path(&key, &limits)
-                        .map_err(|_| ProtocolError::InvalidValue(format!("{key:?} is not an attribute name")))?;
+                    let path = parse_patch_path(&key, &limits).map_err(|_| {
+                        ProtocolError::InvalidValue(format!("{key:?} is not an attribute name"))
+                    })?;
                     if path.filter.is_some() {
-                        return Err(ProtocolError::InvalidValue(format!("{key:?}: value keys cannot hold filters")));
+                        return Err(ProtocolError::InvalidValue(format!(
+                            "{key:?}: value keys cannot hold filters"
+                        )));
                     }
                     cx.apply_path(doc, op.op, &path, Some(v))?;
                 }
@@ -128,11 +174,16 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    fn apply_path(&self, doc: &mut Map<String, Value>, op: OpKind, path: &PatchPath, value: Option<Value>) -> Result<()> {
-        let target = self
-            .reg
-            .resolve(self.kind, &path.attr)
-            .ok_or_else(|| ProtocolError::InvalidPath(format!("unknown attribute {}", path.attr)))?;
+    fn apply_path(
+        &self,
+        doc: &mut Map<String, Value>,
+        op: OpKind,
+        path: &PatchPath,
+        value: Option<Value>,
+    ) -> Result<()> {
+        let target = self.reg.resolve(self.kind, &path.attr).ok_or_else(|| {
+            ProtocolError::InvalidPath(format!("unknown attribute {}", path.attr))
+        })?;
         let r = match target {
             Target::Extension(schema) => return self.apply_extension(doc, op, schema, path, value),
             Target::Attr(r) => r,
@@ -144,27 +195,44 @@ impl Cx<'_> {
                 _ => Err(ProtocolError::Mutability("id is readOnly".into())),
             };
         }
-        if r.attr.mutability == Mutability::ReadOnly || r.sub.is_some_and(|s| s.mutability == Mutability::ReadOnly) {
-            return Err(ProtocolError::Mutability(format!("{} is readOnly", path.attr)));
+        if r.attr.mutability == Mutability::ReadOnly
+            || r.sub.is_some_and(|s| s.mutability == Mutability::ReadOnly)
+        {
+            return Err(ProtocolError::Mutability(format!(
+                "{} is readOnly",
+                path.attr
+            )));
         }
         let container = match r.home {
             Home::Extension(urn) => {
-                let entry = doc.entry(urn.to_string()).or_insert_with(|| Value::Object(Map::new()));
+                let entry = doc
+                    .entry(urn.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()));
                 match entry {
                     Value::Object(m) => m,
-                    _ => return Err(ProtocolError::InvalidValue(format!("{urn} must be an object"))),
+                    _ => {
+                        return Err(ProtocolError::InvalidValue(format!(
+                            "{urn} must be an object"
+                        )));
+                    }
                 }
             }
             _ => &mut *doc,
         };
-        let sub = match (&path.filter, &path.sub, r.sub) {
-            (Some(_), Some(s), None) => {
-                Some(r.attr.sub(s).ok_or_else(|| ProtocolError::InvalidPath(format!("unknown sub-attribute {s}")))?)
-            }
-            (Some(_), None, None) => None,
-            (None, None, s) => s,
-            _ => return Err(ProtocolError::InvalidPath(format!("{} is not a valid path", path_text(path)))),
-        };
+        let sub =
+            match (&path.filter, &path.sub, r.sub) {
+                (Some(_), Some(s), None) => Some(r.attr.sub(s).ok_or_else(|| {
+                    ProtocolError::InvalidPath(format!("unknown sub-attribute {s}"))
+                })?),
+                (Some(_), None, None) => None,
+                (None, None, s) => s,
+                _ => {
+                    return Err(ProtocolError::InvalidPath(format!(
+                        "{} is not a valid path",
+                        path_text(path)
+                    )));
+                }
+            };
         if let Some(s) = sub
             && s.mutability == Mutability::ReadOnly
         {
@@ -181,7 +249,10 @@ impl Cx<'_> {
                 let filter = crate::eval::resolve(
                     self.reg,
                     self.kind,
-                    Filter::ValuePath { path: path.attr.clone(), filter: Box::new(filter.clone()) },
+                    Filter::ValuePath {
+                        path: path.attr.clone(),
+                        filter: Box::new(filter.clone()),
+                    },
                 )
                 .map_err(|e| ProtocolError::InvalidPath(e.to_string()))?;
                 let Filter::ValuePath { filter, .. } = filter else {
@@ -195,7 +266,10 @@ impl Cx<'_> {
             },
         };
         if let Home::Extension(urn) = r.home
-            && doc.get(urn).and_then(Value::as_object).is_some_and(Map::is_empty)
+            && doc
+                .get(urn)
+                .and_then(Value::as_object)
+                .is_some_and(Map::is_empty)
         {
             doc.remove(urn);
         }
@@ -211,7 +285,10 @@ impl Cx<'_> {
         value: Option<Value>,
     ) -> Result<()> {
         if path.filter.is_some() || path.sub.is_some() {
-            return Err(ProtocolError::InvalidPath(format!("{} is not a valid path", path_text(path))));
+            return Err(ProtocolError::InvalidPath(format!(
+                "{} is not a valid path",
+                path_text(path)
+            )));
         }
         match (op, value) {
             (OpKind::Remove, _) => {
@@ -223,12 +300,19 @@ impl Cx<'_> {
                     if k.eq_ignore_ascii_case("schemas") {
                         continue;
                     }
-                    let p = PatchPath { attr: parse_ext_key(&schema.id, &k), filter: None, sub: None };
+                    let p = PatchPath {
+                        attr: parse_ext_key(&schema.id, &k),
+                        filter: None,
+                        sub: None,
+                    };
                     self.apply_path(doc, op, &p, Some(v))?;
                 }
                 Ok(())
             }
-            _ => Err(ProtocolError::InvalidValue(format!("the value for {} must be an object", schema.id))),
+            _ => Err(ProtocolError::InvalidValue(format!(
+                "the value for {} must be an object",
+                schema.id
+            ))),
         }
     }
 }
@@ -239,7 +323,11 @@ fn parse_ext_key(urn: &str, key: &str) -> AttrPath {
         Some((a, s)) => (a.to_string(), Some(s.to_string())),
         None => (key.to_string(), None),
     };
-    AttrPath { urn: Some(urn.to_string()), attr, sub }
+    AttrPath {
+        urn: Some(urn.to_string()),
+        attr,
+        sub,
+    }
 }
 
 fn path_text(p: &PatchPath) -> String {
@@ -251,13 +339,20 @@ fn need(value: Option<Value>) -> Result<Value> {
 }
 
 /// add/replace/remove of a whole attribute.
-fn on_attr(container: &mut Map<String, Value>, op: OpKind, attr: &Attribute, value: Option<Value>) -> Result<()> {
+fn on_attr(
+    container: &mut Map<String, Value>,
+    op: OpKind,
+    attr: &Attribute,
+    value: Option<Value>,
+) -> Result<()> {
     match op {
         OpKind::Remove => {
             match (attr.multi_valued, value) {
                 // Entra: remove just the listed values.
                 (true, Some(v)) if !v.is_null() => {
-                    let Some(remove) = coerce_attr(attr, v)? else { return Ok(()) };
+                    let Some(remove) = coerce_attr(attr, v)? else {
+                        return Ok(());
+                    };
                     let remove = remove.as_array().cloned().unwrap_or_default();
                     if let Some(Value::Array(items)) = container.get_mut(&attr.name) {
                         items.retain(|item| !remove.iter().any(|r| same_element(attr, item, r)));
@@ -282,15 +377,21 @@ fn on_attr(container: &mut Map<String, Value>, op: OpKind, attr: &Attribute, val
             match (attr.multi_valued, attr.kind, op) {
                 (true, _, OpKind::Add) => {
                     let new = v.as_array().cloned().unwrap_or_default();
-                    let entry = container.entry(attr.name.clone()).or_insert_with(|| Value::Array(vec![]));
+                    let entry = container
+                        .entry(attr.name.clone())
+                        .or_insert_with(|| Value::Array(vec![]));
                     let Value::Array(items) = entry else {
-                        return Err(ProtocolError::InvalidValue(format!("{} is not a list", attr.name)));
+                        return Err(ProtocolError::InvalidValue(format!(
+                            "{} is not a list",
+                            attr.name
+                        )));
                     };
                     for n in new {
                         if is_primary(&n) {
                             clear_primary(items);
                         }
-                        if let Some(existing) = items.iter_mut().find(|i| same_element(attr, i, &n)) {
+                        if let Some(existing) = items.iter_mut().find(|i| same_element(attr, i, &n))
+                        {
                             *existing = n;
                         } else {
                             items.push(n);
@@ -298,7 +399,9 @@ fn on_attr(container: &mut Map<String, Value>, op: OpKind, attr: &Attribute, val
                     }
                 }
                 (false, AttrType::Complex, _) => {
-                    let entry = container.entry(attr.name.clone()).or_insert_with(|| Value::Object(Map::new()));
+                    let entry = container
+                        .entry(attr.name.clone())
+                        .or_insert_with(|| Value::Object(Map::new()));
                     merge(entry, v);
                 }
                 _ => {
@@ -311,13 +414,21 @@ fn on_attr(container: &mut Map<String, Value>, op: OpKind, attr: &Attribute, val
 }
 
 /// add/replace/remove of a sub-attribute, without a filter (`name.givenName`, or every element's `emails.type`).
-fn on_sub(container: &mut Map<String, Value>, op: OpKind, attr: &Attribute, sub: &Attribute, value: Option<Value>) -> Result<()> {
+fn on_sub(
+    container: &mut Map<String, Value>,
+    op: OpKind,
+    attr: &Attribute,
+    sub: &Attribute,
+    value: Option<Value>,
+) -> Result<()> {
     let v = match op {
         OpKind::Remove => None,
         _ => coerce_attr(sub, need(value)?)?,
     };
     if !attr.multi_valued {
-        let entry = container.entry(attr.name.clone()).or_insert_with(|| Value::Object(Map::new()));
+        let entry = container
+            .entry(attr.name.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(m) = entry {
             match v {
                 Some(v) => {
@@ -336,7 +447,10 @@ fn on_sub(container: &mut Map<String, Value>, op: OpKind, attr: &Attribute, sub:
     let Some(Value::Array(items)) = container.get_mut(&attr.name) else {
         return match v {
             None => Ok(()),
-            Some(_) => Err(ProtocolError::NoTarget(format!("{} has no values to set {} on", attr.name, sub.name))),
+            Some(_) => Err(ProtocolError::NoTarget(format!(
+                "{} has no values to set {} on",
+                attr.name, sub.name
+            ))),
         };
     };
     for item in items.iter_mut().filter_map(Value::as_object_mut) {
@@ -383,7 +497,10 @@ fn filtered(
     let hits: Vec<usize> = items
         .iter()
         .enumerate()
-        .filter(|(_, el)| el.as_object().is_some_and(|o| matches_element(attr, filter, o)))
+        .filter(|(_, el)| {
+            el.as_object()
+                .is_some_and(|o| matches_element(attr, filter, o))
+        })
         .map(|(i, _)| i)
         .collect();
     if hits.is_empty() {
@@ -414,7 +531,9 @@ fn filtered(
         }
         OpKind::Add | OpKind::Replace => {
             let Some(v) = coerced else { return Ok(()) };
-            if sub.is_none() && is_primary(&v) || sub.is_some_and(|s| s.name == "primary") && v == Value::Bool(true) {
+            if sub.is_none() && is_primary(&v)
+                || sub.is_some_and(|s| s.name == "primary") && v == Value::Bool(true)
+            {
                 clear_primary(items);
             }
             for i in hits {
@@ -447,7 +566,10 @@ fn create_for_filter(
     }
     let mut element = Map::new();
     if !eq_conjunction(filter, &mut element) {
-        return Err(ProtocolError::NoTarget(format!("no value of {} matches the filter", attr.name)));
+        return Err(ProtocolError::NoTarget(format!(
+            "no value of {} matches the filter",
+            attr.name
+        )));
     }
     let Some(v) = value else { return Ok(()) };
     match (sub, v) {
@@ -455,9 +577,16 @@ fn create_for_filter(
             element.insert(s.name.clone(), v);
         }
         (None, Value::Object(o)) => element.extend(o),
-        (None, _) => return Err(ProtocolError::InvalidValue(format!("{} values are objects", attr.name))),
+        (None, _) => {
+            return Err(ProtocolError::InvalidValue(format!(
+                "{} values are objects",
+                attr.name
+            )));
+        }
     }
-    let entry = container.entry(attr.name.clone()).or_insert_with(|| Value::Array(vec![]));
+    let entry = container
+        .entry(attr.name.clone())
+        .or_insert_with(|| Value::Array(vec![]));
     if let Value::Array(items) = entry {
         let new = Value::Object(element);
         if is_primary(&new) {
@@ -471,7 +600,11 @@ fn create_for_filter(
 fn eq_conjunction(f: &Filter, out: &mut Map<String, Value>) -> bool {
     match f {
         Filter::And(a, b) => eq_conjunction(a, out) && eq_conjunction(b, out),
-        Filter::Compare { path, op: CompareOp::Eq, value } => {
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value,
+        } => {
             let name = path.sub.clone().unwrap_or_else(|| path.attr.clone());
             let v = match value {
                 CompValue::Str(s) => Value::String(s.clone()),
@@ -511,8 +644,15 @@ fn same_element(attr: &Attribute, a: &Value, b: &Value) -> bool {
     if attr.kind == AttrType::Complex {
         let case_exact = attr.sub("value").is_none_or(|s| s.case_exact);
         match (a.get("value"), b.get("value")) {
-            (Some(Value::String(x)), Some(Value::String(y))) if !case_exact => x.eq_ignore_ascii_case(y) && a.get("type") == b.get("type"),
-            (Some(x), Some(y)) => x == y && (a.get("type") == b.get("type") || a.get("type").is_none() || b.get("type").is_none()),
+            (Some(Value::String(x)), Some(Value::String(y))) if !case_exact => {
+                x.eq_ignore_ascii_case(y) && a.get("type") == b.get("type")
+            }
+            (Some(x), Some(y)) => {
+                x == y
+                    && (a.get("type") == b.get("type")
+                        || a.get("type").is_none()
+                        || b.get("type").is_none())
+            }
             _ => a == b,
         }
     } else {
@@ -549,7 +689,9 @@ pub fn split_members(reg: &Registry, ops: Vec<PatchOp>) -> Result<(Vec<MemberOp>
     let is_members = |p: &AttrPath| {
         p.attr.eq_ignore_ascii_case("members")
             && p.sub.is_none()
-            && p.urn.as_deref().is_none_or(|u| u.eq_ignore_ascii_case(&rt.core.id))
+            && p.urn
+                .as_deref()
+                .is_none_or(|u| u.eq_ignore_ascii_case(&rt.core.id))
     };
     let mut member_ops = Vec::new();
     let mut rest = Vec::new();
@@ -557,23 +699,34 @@ pub fn split_members(reg: &Registry, ops: Vec<PatchOp>) -> Result<(Vec<MemberOp>
         match &op.path {
             Some(p) if is_members(&p.attr) => {
                 if p.sub.is_some() {
-                    return Err(ProtocolError::Mutability("member sub-attributes cannot be changed".into()));
+                    return Err(ProtocolError::Mutability(
+                        "member sub-attributes cannot be changed".into(),
+                    ));
                 }
                 member_ops.push(member_op(members_attr, op.op, p.filter.clone(), op.value)?);
             }
             Some(_) => rest.push(op),
             None => {
                 let Some(Value::Object(mut value)) = op.value else {
-                    return Err(ProtocolError::InvalidValue("without a path, the value must be an object".into()));
+                    return Err(ProtocolError::InvalidValue(
+                        "without a path, the value must be an object".into(),
+                    ));
                 };
-                let key = value.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
+                let key = value
+                    .keys()
+                    .find(|k| k.eq_ignore_ascii_case("members"))
+                    .cloned();
                 if let Some(key) = key
                     && let Some(v) = value.remove(&key)
                 {
                     member_ops.push(member_op(members_attr, op.op, None, Some(v))?);
                 }
                 if !value.is_empty() {
-                    rest.push(PatchOp { op: op.op, path: None, value: Some(Value::Object(value)) });
+                    rest.push(PatchOp {
+                        op: op.op,
+                        path: None,
+                        value: Some(Value::Object(value)),
+                    });
                 }
             }
         }
@@ -582,7 +735,9 @@ pub fn split_members(reg: &Registry, ops: Vec<PatchOp>) -> Result<(Vec<MemberOp>
 }
 
 fn member_list(attr: &Attribute, v: Value) -> Result<Vec<Member>> {
-    let Some(v) = coerce_attr(attr, v)? else { return Ok(vec![]) };
+    let Some(v) = coerce_attr(attr, v)? else {
+        return Ok(vec![]);
+    };
     let mut out = Vec::new();
     for el in v.as_array().into_iter().flatten() {
         let value = el
@@ -590,22 +745,34 @@ fn member_list(attr: &Attribute, v: Value) -> Result<Vec<Member>> {
             .and_then(Value::as_str)
             .ok_or_else(|| ProtocolError::InvalidValue("each member needs a value".into()))?;
         let kind = el.get("type").and_then(Value::as_str).map(str::to_string);
-        out.push(Member { value: value.to_string(), kind });
+        out.push(Member {
+            value: value.to_string(),
+            kind,
+        });
     }
     Ok(out)
 }
 
-fn member_op(attr: &Attribute, op: OpKind, filter: Option<Filter>, value: Option<Value>) -> Result<MemberOp> {
+fn member_op(
+    attr: &Attribute,
+    op: OpKind,
+    filter: Option<Filter>,
+    value: Option<Value>,
+) -> Result<MemberOp> {
     match (op, filter) {
         (OpKind::Remove, Some(f)) => Ok(match value_ids(&f) {
             Some(ids) => MemberOp::Remove(ids),
             None => MemberOp::RemoveWhere(f),
         }),
         (OpKind::Remove, None) => match value {
-            Some(v) if !v.is_null() => Ok(MemberOp::Remove(member_list(attr, v)?.into_iter().map(|m| m.value).collect())),
+            Some(v) if !v.is_null() => Ok(MemberOp::Remove(
+                member_list(attr, v)?.into_iter().map(|m| m.value).collect(),
+            )),
             _ => Ok(MemberOp::Replace(vec![])),
         },
-        (_, Some(_)) => Err(ProtocolError::InvalidPath("members can be added or replaced only as a list".into())),
+        (_, Some(_)) => Err(ProtocolError::InvalidPath(
+            "members can be added or replaced only as a list".into(),
+        )),
         (OpKind::Add, None) => Ok(MemberOp::Add(member_list(attr, need(value)?)?)),
         (OpKind::Replace, None) => Ok(MemberOp::Replace(member_list(attr, need(value)?)?)),
     }
@@ -619,8 +786,13 @@ fn value_ids(f: &Filter) -> Option<Vec<String>> {
             v.extend(value_ids(b)?);
             Some(v)
         }
-        Filter::Compare { path, op: CompareOp::Eq, value: CompValue::Str(s) }
-            if path.urn.is_none() && path.sub.is_none() && path.attr.eq_ignore_ascii_case("value") =>
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value: CompValue::Str(s),
+        } if path.urn.is_none()
+            && path.sub.is_none()
+            && path.attr.eq_ignore_ascii_case("value") =>
         {
             Some(vec![s.clone()])
         }

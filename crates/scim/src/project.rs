@@ -19,19 +19,30 @@ pub enum Projection {
 
 impl Projection {
     /// From the two query parameters; both at once is `invalidValue`? RFC 7644 lets `attributes` win; we do too.
-    pub fn parse(reg: &Registry, kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> Result<Self> {
+    pub fn parse(
+        reg: &Registry,
+        kind: ResourceKind,
+        attributes: Option<&str>,
+        excluded: Option<&str>,
+    ) -> Result<Self> {
         let list = |s: &str| -> Result<Vec<AttrPath>> {
             let mut out = Vec::new();
             for item in s.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 let p = parse_patch_path(item, &FilterLimits::default())
                     .map_err(|e| ProtocolError::InvalidValue(format!("attribute list: {e}")))?;
                 if p.filter.is_some() || p.sub.is_some() {
-                    return Err(ProtocolError::InvalidValue(format!("{item}: filters are not allowed here")));
+                    return Err(ProtocolError::InvalidValue(format!(
+                        "{item}: filters are not allowed here"
+                    )));
                 }
                 // Unknown names are ignored (nothing to return for them), but canonicalise known ones.
                 match reg.resolve(kind, &p.attr) {
                     Some(Target::Attr(r)) => out.push(r.to_path()),
-                    Some(Target::Extension(s)) => out.push(AttrPath { urn: Some(s.id.clone()), attr: String::new(), sub: None }),
+                    Some(Target::Extension(s)) => out.push(AttrPath {
+                        urn: Some(s.id.clone()),
+                        attr: String::new(),
+                        sub: None,
+                    }),
                     None => {}
                 }
             }
@@ -48,14 +59,23 @@ impl Projection {
     pub fn may_return(&self, name: &str) -> bool {
         match self {
             Projection::Default => true,
-            Projection::Only(l) => l.iter().any(|p| p.urn.is_none() && p.attr.eq_ignore_ascii_case(name)),
-            Projection::Excluding(l) => !l.iter().any(|p| p.urn.is_none() && p.sub.is_none() && p.attr.eq_ignore_ascii_case(name)),
+            Projection::Only(l) => l
+                .iter()
+                .any(|p| p.urn.is_none() && p.attr.eq_ignore_ascii_case(name)),
+            Projection::Excluding(l) => !l
+                .iter()
+                .any(|p| p.urn.is_none() && p.sub.is_none() && p.attr.eq_ignore_ascii_case(name)),
         }
     }
 }
 
 /// Select what to return from a full canonical document (with id, meta, and derived members/groups).
-pub fn render(reg: &Registry, kind: ResourceKind, doc: &Map<String, Value>, proj: &Projection) -> Value {
+pub fn render(
+    reg: &Registry,
+    kind: ResourceKind,
+    doc: &Map<String, Value>,
+    proj: &Projection,
+) -> Value {
     let rt = reg.rt(kind);
     let mut out = Map::new();
     let schemas: Vec<Value> = rt
@@ -73,11 +93,17 @@ pub fn render(reg: &Registry, kind: ResourceKind, doc: &Map<String, Value>, proj
         }
     }
     for (ext, _) in &rt.extensions {
-        let Some(Value::Object(inner)) = doc.get(&ext.id) else { continue };
+        let Some(Value::Object(inner)) = doc.get(&ext.id) else {
+            continue;
+        };
         let whole = match proj {
-            Projection::Only(l) => l.iter().any(|p| p.attr.is_empty() && p.urn.as_deref() == Some(ext.id.as_str())),
+            Projection::Only(l) => l
+                .iter()
+                .any(|p| p.attr.is_empty() && p.urn.as_deref() == Some(ext.id.as_str())),
             Projection::Excluding(l) => {
-                if l.iter().any(|p| p.attr.is_empty() && p.urn.as_deref() == Some(ext.id.as_str())) {
+                if l.iter()
+                    .any(|p| p.attr.is_empty() && p.urn.as_deref() == Some(ext.id.as_str()))
+                {
                     continue;
                 }
                 false
@@ -87,7 +113,11 @@ pub fn render(reg: &Registry, kind: ResourceKind, doc: &Map<String, Value>, proj
         let mut ext_out = Map::new();
         for attr in &ext.attributes {
             if let Some(v) = inner.get(&attr.name) {
-                let picked = if whole { select(attr, Some(&ext.id), v, &Projection::Default) } else { select(attr, Some(&ext.id), v, proj) };
+                let picked = if whole {
+                    select(attr, Some(&ext.id), v, &Projection::Default)
+                } else {
+                    select(attr, Some(&ext.id), v, proj)
+                };
                 if let Some(v) = picked {
                     ext_out.insert(attr.name.clone(), v);
                 }
@@ -114,11 +144,20 @@ fn select(attr: &Attribute, urn: Option<&str>, v: &Value, proj: &Projection) -> 
     match proj {
         Projection::Default => (attr.returned == Returned::Default).then(|| strip_never(attr, v)),
         Projection::Excluding(l) => {
-            if attr.returned == Returned::Request || l.iter().any(|p| named(p, urn, &attr.name) && p.sub.is_none()) {
+            if attr.returned == Returned::Request
+                || l.iter()
+                    .any(|p| named(p, urn, &attr.name) && p.sub.is_none())
+            {
                 return None;
             }
-            let subs: Vec<&str> = l.iter().filter(|p| named(p, urn, &attr.name)).filter_map(|p| p.sub.as_deref()).collect();
-            Some(filter_subs(attr, v, |s| !subs.contains(&s.name.as_str()) && s.returned != Returned::Request))
+            let subs: Vec<&str> = l
+                .iter()
+                .filter(|p| named(p, urn, &attr.name))
+                .filter_map(|p| p.sub.as_deref())
+                .collect();
+            Some(filter_subs(attr, v, |s| {
+                !subs.contains(&s.name.as_str()) && s.returned != Returned::Request
+            }))
         }
         Projection::Only(l) => {
             let mine: Vec<&AttrPath> = l.iter().filter(|p| named(p, urn, &attr.name)).collect();
@@ -129,7 +168,9 @@ fn select(attr: &Attribute, urn: Option<&str>, v: &Value, proj: &Projection) -> 
                 return Some(strip_never(attr, v));
             }
             let subs: Vec<&str> = mine.iter().filter_map(|p| p.sub.as_deref()).collect();
-            let picked = filter_subs(attr, v, |s| subs.contains(&s.name.as_str()) || s.returned == Returned::Always);
+            let picked = filter_subs(attr, v, |s| {
+                subs.contains(&s.name.as_str()) || s.returned == Returned::Always
+            });
             present_or_none(picked)
         }
     }
@@ -144,7 +185,11 @@ fn present_or_none(v: Value) -> Option<Value> {
 }
 
 fn strip_never(attr: &Attribute, v: &Value) -> Value {
-    if attr.sub_attributes.iter().any(|s| s.returned == Returned::Never) {
+    if attr
+        .sub_attributes
+        .iter()
+        .any(|s| s.returned == Returned::Never)
+    {
         filter_subs(attr, v, |s| s.returned != Returned::Never)
     } else {
         v.clone()
@@ -155,14 +200,21 @@ fn filter_subs(attr: &Attribute, v: &Value, keep: impl Fn(&Attribute) -> bool) -
     let pick = |o: &Map<String, Value>| -> Value {
         Value::Object(
             o.iter()
-                .filter(|(k, _)| attr.sub(k).is_some_and(|s| s.returned != Returned::Never && keep(s)))
+                .filter(|(k, _)| {
+                    attr.sub(k)
+                        .is_some_and(|s| s.returned != Returned::Never && keep(s))
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         )
     };
     match v {
         Value::Object(o) => pick(o),
-        Value::Array(a) => Value::Array(a.iter().map(|e| e.as_object().map(pick).unwrap_or_else(|| e.clone())).collect()),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|e| e.as_object().map(pick).unwrap_or_else(|| e.clone()))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }

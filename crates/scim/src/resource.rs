@@ -22,18 +22,37 @@ pub enum Mode {
 
 /// Check and canonicalise a request body. readOnly attributes and unknown schema URNs listed in `schemas` are
 /// ignored; unknown attributes are refused.
-pub fn normalize(reg: &Registry, kind: ResourceKind, body: Value, _mode: Mode) -> Result<Map<String, Value>> {
+pub fn normalize(
+    reg: &Registry,
+    kind: ResourceKind,
+    body: Value,
+    _mode: Mode,
+) -> Result<Map<String, Value>> {
     let rt = reg.rt(kind);
     let Value::Object(body) = body else {
-        return Err(ProtocolError::InvalidSyntax("the request body must be a JSON object".into()));
+        return Err(ProtocolError::InvalidSyntax(
+            "the request body must be a JSON object".into(),
+        ));
     };
-    if let Some(schemas) = body.iter().find(|(k, _)| k.eq_ignore_ascii_case("schemas")).map(|(_, v)| v) {
+    if let Some(schemas) = body
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("schemas"))
+        .map(|(_, v)| v)
+    {
         let list = schemas
             .as_array()
             .filter(|a| a.iter().all(Value::is_string))
-            .ok_or_else(|| ProtocolError::InvalidSyntax("schemas must be an array of URN strings".into()))?;
-        if !list.iter().any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(&rt.core.id))) {
-            return Err(ProtocolError::InvalidSyntax(format!("schemas must include {}", rt.core.id)));
+            .ok_or_else(|| {
+                ProtocolError::InvalidSyntax("schemas must be an array of URN strings".into())
+            })?;
+        if !list.iter().any(|u| {
+            u.as_str()
+                .is_some_and(|u| u.eq_ignore_ascii_case(&rt.core.id))
+        }) {
+            return Err(ProtocolError::InvalidSyntax(format!(
+                "schemas must include {}",
+                rt.core.id
+            )));
         }
     }
     let mut out = Map::new();
@@ -43,16 +62,19 @@ pub fn normalize(reg: &Registry, kind: ResourceKind, body: Value, _mode: Mode) -
         }
         if let Some(ext) = rt.extension(&key) {
             let Value::Object(inner) = value else {
-                return Err(ProtocolError::InvalidValue(format!("{} must be an object", ext.id)));
+                return Err(ProtocolError::InvalidValue(format!(
+                    "{} must be an object",
+                    ext.id
+                )));
             };
             let mut ext_out = Map::new();
             for (k, v) in inner {
                 if k.eq_ignore_ascii_case("schemas") || v.is_null() {
                     continue;
                 }
-                let attr = ext
-                    .attr(&k)
-                    .ok_or_else(|| ProtocolError::InvalidValue(format!("unknown attribute {k} in {}", ext.id)))?;
+                let attr = ext.attr(&k).ok_or_else(|| {
+                    ProtocolError::InvalidValue(format!("unknown attribute {k} in {}", ext.id))
+                })?;
                 put(&mut ext_out, attr, v)?;
             }
             if !ext_out.is_empty() {
@@ -95,14 +117,17 @@ pub fn coerce_attr(attr: &Attribute, value: Value) -> Result<Option<Value>> {
         };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            if let Some(v) = coerce_single(attr, item)? {
-                if !out.contains(&v) {
-                    out.push(v);
-                }
+            if let Some(v) = coerce_single(attr, item)?
+                && !out.contains(&v)
+            {
+                out.push(v);
             }
         }
         if attr.kind == AttrType::Complex {
-            let primaries = out.iter().filter(|v| v.get("primary") == Some(&Value::Bool(true))).count();
+            let primaries = out
+                .iter()
+                .filter(|v| v.get("primary") == Some(&Value::Bool(true)))
+                .count();
             if primaries > 1 {
                 return Err(ProtocolError::InvalidValue(format!(
                     "{}: at most one value may have primary true",
@@ -110,13 +135,22 @@ pub fn coerce_attr(attr: &Attribute, value: Value) -> Result<Option<Value>> {
                 )));
             }
         }
-        return Ok(if out.is_empty() { None } else { Some(Value::Array(out)) });
+        return Ok(if out.is_empty() {
+            None
+        } else {
+            Some(Value::Array(out))
+        });
     }
     let value = match value {
         // Entra sends a singular complex value (the manager) as an array of one.
-        Value::Array(mut items) if attr.kind == AttrType::Complex && items.len() == 1 => items.remove(0),
+        Value::Array(mut items) if attr.kind == AttrType::Complex && items.len() == 1 => {
+            items.remove(0)
+        }
         Value::Array(_) => {
-            return Err(ProtocolError::InvalidValue(format!("{} is single-valued, not a list", attr.name)));
+            return Err(ProtocolError::InvalidValue(format!(
+                "{} is single-valued, not a list",
+                attr.name
+            )));
         }
         v => v,
     };
@@ -131,10 +165,11 @@ pub fn coerce_single(attr: &Attribute, value: Value) -> Result<Option<Value>> {
         (AttrType::Complex, Value::Object(inner)) => {
             let mut out = Map::new();
             for (k, v) in inner {
-                let sub = attr
-                    .sub(&k)
-                    .ok_or_else(|| ProtocolError::InvalidValue(format!("unknown sub-attribute {}.{k}", attr.name)))?;
-                if sub.mutability == Mutability::ReadOnly && attr.mutability != Mutability::ReadOnly {
+                let sub = attr.sub(&k).ok_or_else(|| {
+                    ProtocolError::InvalidValue(format!("unknown sub-attribute {}.{k}", attr.name))
+                })?;
+                if sub.mutability == Mutability::ReadOnly && attr.mutability != Mutability::ReadOnly
+                {
                     // e.g. members.display: server-computed; ignored as RFC 7643 §2.2 says.
                     continue;
                 }
@@ -147,7 +182,10 @@ pub fn coerce_single(attr: &Attribute, value: Value) -> Result<Option<Value>> {
             }
             for sub in attr.sub_attributes.iter().filter(|s| s.required) {
                 if !out.contains_key(&sub.name) {
-                    return Err(ProtocolError::InvalidValue(format!("{}.{} is required", attr.name, sub.name)));
+                    return Err(ProtocolError::InvalidValue(format!(
+                        "{}.{} is required",
+                        attr.name, sub.name
+                    )));
                 }
             }
             Value::Object(out)
@@ -169,16 +207,26 @@ pub fn coerce_single(attr: &Attribute, value: Value) -> Result<Option<Value>> {
         }
         (AttrType::Binary, _) => return Err(bad("a base64 string")),
         (AttrType::Boolean, Value::Bool(b)) => Value::Bool(b),
-        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("true") => Value::Bool(true),
-        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("false") => Value::Bool(false),
+        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("true") => {
+            Value::Bool(true)
+        }
+        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("false") => {
+            Value::Bool(false)
+        }
         (AttrType::Boolean, _) => return Err(bad("a boolean")),
         (AttrType::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Value::Number(n),
-        (AttrType::Integer, Value::String(s)) => s.trim().parse::<i64>().map(Value::from).map_err(|_| bad("an integer"))?,
+        (AttrType::Integer, Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| bad("an integer"))?,
         (AttrType::Integer, _) => return Err(bad("an integer")),
         (AttrType::Decimal, Value::Number(n)) => Value::Number(n),
         (AttrType::Decimal, Value::String(s)) => {
             let f: f64 = s.trim().parse().map_err(|_| bad("a decimal"))?;
-            serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| bad("a finite decimal"))?
+            serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .ok_or_else(|| bad("a finite decimal"))?
         }
         (AttrType::Decimal, _) => return Err(bad("a decimal")),
         (AttrType::DateTime, Value::String(s)) => {
@@ -192,20 +240,38 @@ pub fn coerce_single(attr: &Attribute, value: Value) -> Result<Option<Value>> {
 }
 
 fn check_required(rt: &ResourceType, doc: &Map<String, Value>) -> Result<()> {
-    for a in rt.core.attributes.iter().filter(|a| a.required && a.mutability != Mutability::ReadOnly) {
+    for a in rt
+        .core
+        .attributes
+        .iter()
+        .filter(|a| a.required && a.mutability != Mutability::ReadOnly)
+    {
         if !doc.contains_key(&a.name) {
-            return Err(ProtocolError::InvalidValue(format!("{} is required", a.name)));
+            return Err(ProtocolError::InvalidValue(format!(
+                "{} is required",
+                a.name
+            )));
         }
     }
     for (ext, required) in &rt.extensions {
         let inner = doc.get(&ext.id).and_then(Value::as_object);
         if *required && inner.is_none() {
-            return Err(ProtocolError::InvalidValue(format!("extension {} is required", ext.id)));
+            return Err(ProtocolError::InvalidValue(format!(
+                "extension {} is required",
+                ext.id
+            )));
         }
         if let Some(inner) = inner {
-            for a in ext.attributes.iter().filter(|a| a.required && a.mutability != Mutability::ReadOnly) {
+            for a in ext
+                .attributes
+                .iter()
+                .filter(|a| a.required && a.mutability != Mutability::ReadOnly)
+            {
                 if !inner.contains_key(&a.name) {
-                    return Err(ProtocolError::InvalidValue(format!("{}:{} is required", ext.id, a.name)));
+                    return Err(ProtocolError::InvalidValue(format!(
+                        "{}:{} is required",
+                        ext.id, a.name
+                    )));
                 }
             }
         }
@@ -214,14 +280,28 @@ fn check_required(rt: &ResourceType, doc: &Map<String, Value>) -> Result<()> {
 }
 
 /// Refuse a change to an immutable attribute that already has a value (RFC 7643 §2.2).
-pub fn check_immutable(reg: &Registry, kind: ResourceKind, old: &Map<String, Value>, new: &Map<String, Value>) -> Result<()> {
+pub fn check_immutable(
+    reg: &Registry,
+    kind: ResourceKind,
+    old: &Map<String, Value>,
+    new: &Map<String, Value>,
+) -> Result<()> {
     let rt = reg.rt(kind);
-    let check = |attrs: &[Attribute], o: Option<&Map<String, Value>>, n: Option<&Map<String, Value>>| -> Result<()> {
-        for a in attrs.iter().filter(|a| a.mutability == Mutability::Immutable) {
+    let check = |attrs: &[Attribute],
+                 o: Option<&Map<String, Value>>,
+                 n: Option<&Map<String, Value>>|
+     -> Result<()> {
+        for a in attrs
+            .iter()
+            .filter(|a| a.mutability == Mutability::Immutable)
+        {
             let before = o.and_then(|m| m.get(&a.name));
             let after = n.and_then(|m| m.get(&a.name));
             if before.is_some() && before != after {
-                return Err(ProtocolError::Mutability(format!("{} is immutable", a.name)));
+                return Err(ProtocolError::Mutability(format!(
+                    "{} is immutable",
+                    a.name
+                )));
             }
         }
         Ok(())
@@ -238,7 +318,8 @@ pub fn check_immutable(reg: &Registry, kind: ResourceKind, old: &Map<String, Val
 
 fn is_base64(s: &str) -> bool {
     let s = s.trim_end_matches('=');
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
 }
 
 /// Parse an xsd:dateTime (RFC 3339; a missing offset is read as UTC).
@@ -246,7 +327,9 @@ pub fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Some(d.with_timezone(&Utc));
     }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|n| n.and_utc())
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|n| n.and_utc())
 }
 
 /// The fixed-width UTC form every stored timestamp uses, so text order is time order.

@@ -86,8 +86,19 @@ pub struct Page {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Create a resource; groups may start with members.
-    async fn create(&self, tenant: &str, kind: ResourceKind, w: Write, members: &[Member]) -> Result<Stored, StoreError>;
-    async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError>;
+    async fn create(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        w: Write,
+        members: &[Member],
+    ) -> Result<Stored, StoreError>;
+    async fn get(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Option<Stored>, StoreError>;
     /// Replace the document if the stored version is still `expect`, applying membership changes in the same
     /// transaction. `VersionMismatch` otherwise.
     async fn replace(
@@ -100,12 +111,27 @@ pub trait Store: Send + Sync + 'static {
         members: &[MemberOp],
     ) -> Result<Stored, StoreError>;
     /// Delete, if `expect` is given only at that version.
-    async fn delete(&self, tenant: &str, kind: ResourceKind, id: &str, expect: Option<i64>) -> Result<(), StoreError>;
-    async fn query(&self, tenant: &str, kind: ResourceKind, q: &Query<'_>) -> Result<Page, StoreError>;
+    async fn delete(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        expect: Option<i64>,
+    ) -> Result<(), StoreError>;
+    async fn query(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        q: &Query<'_>,
+    ) -> Result<Page, StoreError>;
     /// A group's members.
     async fn members(&self, tenant: &str, group_id: &str) -> Result<Vec<Member>, StoreError>;
     /// The groups a user or group is a direct member of: (id, displayName).
-    async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+    async fn groups_of(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

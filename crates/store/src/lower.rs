@@ -122,8 +122,17 @@ pub(crate) fn lower(kind: ResourceKind, d: Dialect, f: &Filter, b: &mut Binds) -
     }
 }
 
-fn compare(kind: ResourceKind, d: Dialect, path: &AttrPath, op: CompareOp, value: &CompValue, b: &mut Binds) -> Option<String> {
-    let CompValue::Str(raw) = value else { return None };
+fn compare(
+    kind: ResourceKind,
+    d: Dialect,
+    path: &AttrPath,
+    op: CompareOp,
+    value: &CompValue,
+    b: &mut Binds,
+) -> Option<String> {
+    let CompValue::Str(raw) = value else {
+        return None;
+    };
     let col = column(kind, path)?;
     let fold = match col {
         Col::Plain(_, f) => f,
@@ -147,24 +156,44 @@ fn compare(kind: ResourceKind, d: Dialect, path: &AttrPath, op: CompareOp, value
     };
     let test = match op {
         CompareOp::Eq | CompareOp::Ne => format!("{c} = {}", b.push(v)),
-        CompareOp::Co => format!("{c} LIKE {} ESCAPE '\\'", b.push(format!("%{}%", like_escape(&v)))),
-        CompareOp::Sw => format!("{c} LIKE {} ESCAPE '\\'", b.push(format!("{}%", like_escape(&v)))),
-        CompareOp::Ew => format!("{c} LIKE {} ESCAPE '\\'", b.push(format!("%{}", like_escape(&v)))),
+        CompareOp::Co => format!(
+            "{c} LIKE {} ESCAPE '\\'",
+            b.push(format!("%{}%", like_escape(&v)))
+        ),
+        CompareOp::Sw => format!(
+            "{c} LIKE {} ESCAPE '\\'",
+            b.push(format!("{}%", like_escape(&v)))
+        ),
+        CompareOp::Ew => format!(
+            "{c} LIKE {} ESCAPE '\\'",
+            b.push(format!("%{}", like_escape(&v)))
+        ),
         CompareOp::Gt => format!("{} > {}", d.ordered(c), b.push(v)),
         CompareOp::Ge => format!("{} >= {}", d.ordered(c), b.push(v)),
         CompareOp::Lt => format!("{} < {}", d.ordered(c), b.push(v)),
         CompareOp::Le => format!("{} <= {}", d.ordered(c), b.push(v)),
     };
     let positive = if wrap {
-        format!("EXISTS (SELECT 1 FROM scim_user_emails e WHERE e.tenant = r.tenant AND e.user_id = r.id AND {test})")
+        format!(
+            "EXISTS (SELECT 1 FROM scim_user_emails e WHERE e.tenant = r.tenant AND e.user_id = r.id AND {test})"
+        )
     } else {
         format!("({c} IS NOT NULL AND {test})")
     };
-    Some(if op == CompareOp::Ne { format!("(NOT {positive})") } else { positive })
+    Some(if op == CompareOp::Ne {
+        format!("(NOT {positive})")
+    } else {
+        positive
+    })
 }
 
 /// Split a filter into a SQL prefilter (the lowerable top-level conjuncts) and an in-memory residual.
-pub(crate) fn split(kind: ResourceKind, d: Dialect, f: &Filter, b: &mut Binds) -> (Vec<String>, Option<Filter>) {
+pub(crate) fn split(
+    kind: ResourceKind,
+    d: Dialect,
+    f: &Filter,
+    b: &mut Binds,
+) -> (Vec<String>, Option<Filter>) {
     if let Some(sql) = lower(kind, d, f, b) {
         return (vec![sql], None);
     }

@@ -61,19 +61,32 @@ impl SqlStore {
                 "database url must start with sqlite: or postgres:".into(),
             )));
         };
-        let mut pool = AnyPoolOptions::new().max_connections(opts.max_connections).acquire_timeout(opts.acquire_timeout);
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(opts.acquire_timeout);
         if dialect == Dialect::Sqlite {
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA case_sensitive_like = ON").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = FULL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA case_sensitive_like = ON")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
         }
-        let url = if dialect == Dialect::Sqlite && !opts.url.contains("mode=") && !opts.url.contains(":memory:") {
+        let url = if dialect == Dialect::Sqlite
+            && !opts.url.contains("mode=")
+            && !opts.url.contains(":memory:")
+        {
             let sep = if opts.url.contains('?') { '&' } else { '?' };
             format!("{}{sep}mode=rwc", opts.url)
         } else {
@@ -86,7 +99,8 @@ impl SqlStore {
 
     fn row(r: &AnyRow) -> Result<Stored, StoreError> {
         let doc: String = r.try_get("doc")?;
-        let doc: Map<String, Value> = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let doc: Map<String, Value> =
+            serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Stored {
             id: r.try_get("id")?,
             version: r.try_get("version")?,
@@ -112,8 +126,17 @@ impl SqlStore {
             .execute(&mut **tx)
             .await?;
         let mut seen = Vec::new();
-        for e in doc.get("emails").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(v) = e.get("value").and_then(Value::as_str).filter(|v| !v.is_empty()) {
+        for e in doc
+            .get("emails")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(v) = e
+                .get("value")
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+            {
                 let v = v.to_lowercase();
                 if seen.contains(&v) {
                     continue;
@@ -147,15 +170,23 @@ impl SqlStore {
             .fetch_optional(&mut **tx)
             .await?;
             let Some(kind) = found else {
-                return Err(StoreError::InvalidMember(format!("member {} does not exist", m.value)));
+                return Err(StoreError::InvalidMember(format!(
+                    "member {} does not exist",
+                    m.value
+                )));
             };
             if let Some(want) = &m.kind
                 && !want.eq_ignore_ascii_case(&kind)
             {
-                return Err(StoreError::InvalidMember(format!("member {} is a {kind}, not a {want}", m.value)));
+                return Err(StoreError::InvalidMember(format!(
+                    "member {} is a {kind}, not a {want}",
+                    m.value
+                )));
             }
             if m.value == group_id {
-                return Err(StoreError::InvalidMember("a group cannot be a member of itself".into()));
+                return Err(StoreError::InvalidMember(
+                    "a group cannot be a member of itself".into(),
+                ));
             }
             sqlx::query(
                 "INSERT INTO scim_group_members (tenant, group_id, member_id, member_type) VALUES ($1, $2, $3, $4) \
@@ -181,11 +212,13 @@ impl SqlStore {
             match op {
                 MemberOp::Add(list) => Self::add_members(tx, tenant, group_id, list).await?,
                 MemberOp::Replace(list) => {
-                    sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND group_id = $2")
-                        .bind(tenant)
-                        .bind(group_id)
-                        .execute(&mut **tx)
-                        .await?;
+                    sqlx::query(
+                        "DELETE FROM scim_group_members WHERE tenant = $1 AND group_id = $2",
+                    )
+                    .bind(tenant)
+                    .bind(group_id)
+                    .execute(&mut **tx)
+                    .await?;
                     Self::add_members(tx, tenant, group_id, list).await?;
                 }
                 MemberOp::Remove(ids) => {
@@ -247,13 +280,22 @@ impl SqlStore {
     }
 
     /// The document with `id`, `meta` and, where a filter needs them, members or groups, for evaluation.
-    async fn eval_doc(&self, tenant: &str, kind: ResourceKind, s: &Stored, needs_rel: bool) -> Result<Map<String, Value>, StoreError> {
+    async fn eval_doc(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        s: &Stored,
+        needs_rel: bool,
+    ) -> Result<Map<String, Value>, StoreError> {
         let mut doc = s.doc.clone();
         doc.insert("id".into(), Value::String(s.id.clone()));
         let mut meta = Map::new();
         meta.insert("resourceType".into(), Value::String(kind.as_str().into()));
         meta.insert("created".into(), Value::String(s.created.clone()));
-        meta.insert("lastModified".into(), Value::String(s.last_modified.clone()));
+        meta.insert(
+            "lastModified".into(),
+            Value::String(s.last_modified.clone()),
+        );
         doc.insert("meta".into(), Value::Object(meta));
         if needs_rel {
             match kind {
@@ -261,7 +303,16 @@ impl SqlStore {
                     let m = self.members(tenant, &s.id).await?;
                     doc.insert(
                         "members".into(),
-                        Value::Array(m.iter().map(|m| Value::Object(member_json(&m.value, m.kind.as_deref().unwrap_or("User")))).collect()),
+                        Value::Array(
+                            m.iter()
+                                .map(|m| {
+                                    Value::Object(member_json(
+                                        &m.value,
+                                        m.kind.as_deref().unwrap_or("User"),
+                                    ))
+                                })
+                                .collect(),
+                        ),
                     );
                 }
                 ResourceKind::User => {
@@ -297,7 +348,9 @@ fn mentions_relations(f: &Filter) -> bool {
     match f {
         Filter::And(a, b) | Filter::Or(a, b) => mentions_relations(a) || mentions_relations(b),
         Filter::Not(a) => mentions_relations(a),
-        Filter::Present(p) | Filter::Compare { path: p, .. } | Filter::ValuePath { path: p, .. } => {
+        Filter::Present(p)
+        | Filter::Compare { path: p, .. }
+        | Filter::ValuePath { path: p, .. } => {
             p.urn.is_none() && (p.attr == "members" || p.attr == "groups")
         }
     }
@@ -318,7 +371,13 @@ fn cmp_keys(a: &Option<SortKey>, b: &Option<SortKey>, desc: bool) -> std::cmp::O
 
 #[async_trait]
 impl Store for SqlStore {
-    async fn create(&self, tenant: &str, kind: ResourceKind, w: Write, members: &[Member]) -> Result<Stored, StoreError> {
+    async fn create(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        w: Write,
+        members: &[Member],
+    ) -> Result<Stored, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
         let ts = now();
         let doc_text = Self::doc_text(&w.doc)?;
@@ -368,15 +427,30 @@ impl Store for SqlStore {
             ResourceKind::Group => Self::add_members(&mut tx, tenant, &id, members).await?,
         }
         tx.commit().await?;
-        Ok(Stored { id, version: 1, created: ts.clone(), last_modified: ts, doc: w.doc })
+        Ok(Stored {
+            id,
+            version: 1,
+            created: ts.clone(),
+            last_modified: ts,
+            doc: w.doc,
+        })
     }
 
-    async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError> {
+    async fn get(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Option<Stored>, StoreError> {
         let sql = format!(
             "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE r.tenant = $1 AND r.id = $2",
             table(kind)
         );
-        let row = sqlx::query(&sql).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(Self::row).transpose()
     }
 
@@ -431,41 +505,80 @@ impl Store for SqlStore {
             }
         };
         let done = match res {
-            Err(e) if unique_violation(&e) => return Err(StoreError::Uniqueness("userName is already taken".into())),
+            Err(e) if unique_violation(&e) => {
+                return Err(StoreError::Uniqueness("userName is already taken".into()));
+            }
             r => r?,
         };
         if done.rows_affected() == 0 {
-            let exists: Option<i64> = sqlx::query_scalar(&format!("SELECT version FROM {} WHERE tenant = $1 AND id = $2", table(kind)))
-                .bind(tenant)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            return Err(if exists.is_some() { StoreError::VersionMismatch } else { StoreError::NotFound });
+            let exists: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT version FROM {} WHERE tenant = $1 AND id = $2",
+                table(kind)
+            ))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Err(if exists.is_some() {
+                StoreError::VersionMismatch
+            } else {
+                StoreError::NotFound
+            });
         }
         match kind {
             ResourceKind::User => Self::write_emails(&mut tx, tenant, id, &w.doc).await?,
             ResourceKind::Group => Self::apply_member_ops(&mut tx, tenant, id, members).await?,
         }
-        let created: String = sqlx::query_scalar(&format!("SELECT created FROM {} WHERE tenant = $1 AND id = $2", table(kind)))
-            .bind(tenant)
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let created: String = sqlx::query_scalar(&format!(
+            "SELECT created FROM {} WHERE tenant = $1 AND id = $2",
+            table(kind)
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(Stored { id: id.to_string(), version: expect + 1, created, last_modified: ts, doc: w.doc })
+        Ok(Stored {
+            id: id.to_string(),
+            version: expect + 1,
+            created,
+            last_modified: ts,
+            doc: w.doc,
+        })
     }
 
-    async fn delete(&self, tenant: &str, kind: ResourceKind, id: &str, expect: Option<i64>) -> Result<(), StoreError> {
+    async fn delete(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        expect: Option<i64>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let sql = format!("DELETE FROM {} WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3)", table(kind));
-        let done = sqlx::query(&sql).bind(tenant).bind(id).bind(expect.unwrap_or(-1)).execute(&mut *tx).await?;
+        let sql = format!(
+            "DELETE FROM {} WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3)",
+            table(kind)
+        );
+        let done = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(id)
+            .bind(expect.unwrap_or(-1))
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
-            let exists: Option<i64> = sqlx::query_scalar(&format!("SELECT version FROM {} WHERE tenant = $1 AND id = $2", table(kind)))
-                .bind(tenant)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            return Err(if exists.is_some() { StoreError::VersionMismatch } else { StoreError::NotFound });
+            let exists: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT version FROM {} WHERE tenant = $1 AND id = $2",
+                table(kind)
+            ))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Err(if exists.is_some() {
+                StoreError::VersionMismatch
+            } else {
+                StoreError::NotFound
+            });
         }
         sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND (member_id = $2 OR group_id = $2)")
             .bind(tenant)
@@ -483,7 +596,12 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn query(&self, tenant: &str, kind: ResourceKind, q: &Query<'_>) -> Result<Page, StoreError> {
+    async fn query(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        q: &Query<'_>,
+    ) -> Result<Page, StoreError> {
         let mut binds = Binds(vec![tenant.to_string()]);
         let (prefilter, residual) = match (q.filter, q.lowering) {
             (None, _) => (vec![], None),
@@ -504,13 +622,21 @@ impl Store for SqlStore {
         let mut after: Option<String> = None;
         const CHUNK: usize = 2000;
         loop {
-            let chunk = self.scan(kind, &prefilter, &binds.0, after.as_deref(), CHUNK).await?;
+            let chunk = self
+                .scan(kind, &prefilter, &binds.0, after.as_deref(), CHUNK)
+                .await?;
             let n = chunk.len();
             after = chunk.last().map(|s| s.id.clone());
             for s in chunk {
                 let doc = self.eval_doc(tenant, kind, &s, needs_rel).await?;
-                if residual.as_ref().is_none_or(|f| matches(q.reg, kind, f, &doc)) {
-                    let key = q.sort.as_ref().and_then(|(p, _)| sort_key(q.reg, kind, p, &doc));
+                if residual
+                    .as_ref()
+                    .is_none_or(|f| matches(q.reg, kind, f, &doc))
+                {
+                    let key = q
+                        .sort
+                        .as_ref()
+                        .and_then(|(p, _)| sort_key(q.reg, kind, p, &doc));
                     matched.push((key, s));
                 }
             }
@@ -519,14 +645,23 @@ impl Store for SqlStore {
             }
         }
         if let Some((_, desc)) = &q.sort {
-            matched.sort_by(|(ka, a), (kb, b)| cmp_keys(ka, kb, *desc).then_with(|| a.id.cmp(&b.id)));
+            matched
+                .sort_by(|(ka, a), (kb, b)| cmp_keys(ka, kb, *desc).then_with(|| a.id.cmp(&b.id)));
         }
         let total = matched.len();
         let skip = match &q.start {
             Start::Offset(o) => *o,
-            Start::After(id) => matched.iter().take_while(|(_, s)| s.id.as_str() <= id.as_str()).count(),
+            Start::After(id) => matched
+                .iter()
+                .take_while(|(_, s)| s.id.as_str() <= id.as_str())
+                .count(),
         };
-        let rows: Vec<Stored> = matched.into_iter().skip(skip).take(q.count).map(|(_, s)| s).collect();
+        let rows: Vec<Stored> = matched
+            .into_iter()
+            .skip(skip)
+            .take(q.count)
+            .map(|(_, s)| s)
+            .collect();
         let more = skip + rows.len() < total;
         Ok(Page { total, rows, more })
     }
@@ -539,10 +674,20 @@ impl Store for SqlStore {
         .bind(group_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(value, kind)| Member { value, kind: Some(kind) }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(value, kind)| Member {
+                value,
+                kind: Some(kind),
+            })
+            .collect())
     }
 
-    async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+    async fn groups_of(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT g.id, g.doc FROM scim_group_members m JOIN scim_groups g ON g.tenant = m.tenant AND g.id = m.group_id \
              WHERE m.tenant = $1 AND m.member_id = $2 ORDER BY g.id",
@@ -553,8 +698,12 @@ impl Store for SqlStore {
         .await?;
         rows.into_iter()
             .map(|(id, doc)| {
-                let doc: Map<String, Value> = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok((id, str_at(&doc, "displayName").unwrap_or_default().to_string()))
+                let doc: Map<String, Value> =
+                    serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((
+                    id,
+                    str_at(&doc, "displayName").unwrap_or_default().to_string(),
+                ))
             })
             .collect()
     }
@@ -587,7 +736,11 @@ impl SqlStore {
         let total = usize::try_from(cq.fetch_one(&self.pool).await?).unwrap_or(0);
         let order = match (&sort_col, &q.sort) {
             (Some(c), Some((_, desc))) => {
-                format!("({c} IS NULL), {c} {}, {}", if *desc { "DESC" } else { "ASC" }, self.ordered_id())
+                format!(
+                    "({c} IS NULL), {c} {}, {}",
+                    if *desc { "DESC" } else { "ASC" },
+                    self.ordered_id()
+                )
             }
             _ => self.ordered_id().to_string(),
         };
@@ -610,7 +763,11 @@ impl SqlStore {
         }
         let fetched = sq.fetch_all(&self.pool).await?;
         let more = fetched.len() > q.count;
-        let rows = fetched.iter().take(q.count).map(Self::row).collect::<Result<Vec<_>, _>>()?;
+        let rows = fetched
+            .iter()
+            .take(q.count)
+            .map(Self::row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page { total, rows, more })
     }
 
