@@ -799,3 +799,127 @@ fn value_ids(f: &Filter) -> Option<Vec<String>> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{Mode, normalize};
+    use crate::schema::SchemaDoc;
+    use serde_json::json;
+
+    pub(crate) fn registry() -> Registry {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let mut docs = Vec::new();
+        let mut types = None;
+        for e in std::fs::read_dir(&dir).expect("schemas").flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let json = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+            let doc = SchemaDoc { source: p.display().to_string(), json };
+            if p.ends_with("resource-types.json") {
+                types = Some(doc);
+            } else {
+                docs.push(doc);
+            }
+        }
+        Registry::build(docs, &types.expect("types")).expect("registry")
+    }
+
+    fn run(reg: &Registry, doc: Value, ops: Value) -> Result<Value> {
+        let mut doc = normalize(reg, ResourceKind::User, doc, Mode::Create)?;
+        let ops = parse_request(json!({"schemas": [PATCH_OP_URN], "Operations": ops}), &FilterLimits::default(), 100)?;
+        apply(reg, ResourceKind::User, "id-1", &mut doc, &ops)?;
+        Ok(Value::Object(normalize(reg, ResourceKind::User, Value::Object(doc), Mode::Replace)?))
+    }
+
+    #[test]
+    fn entra_forms() {
+        let reg = registry();
+        let base = json!({"userName": "u", "active": true, "emails": [{"value": "h@x", "type": "home"}]});
+        // Capitalised op, string boolean.
+        let v = run(&reg, base.clone(), json!([{"op": "Replace", "path": "active", "value": "False"}])).expect("ok");
+        assert_eq!(v["active"], json!(false));
+        // Path-less replace with dotted and URN keys in one object.
+        let v = run(&reg, base.clone(), json!([{"op": "replace", "value": {"name.givenName": "G",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber": "E7"}}]))
+        .expect("ok");
+        assert_eq!(v["name"]["givenName"], "G");
+        assert_eq!(v[crate::schema::ENTERPRISE_URN]["employeeNumber"], "E7");
+        // Manager three ways.
+        for value in [json!("m1"), json!({"value": "m1", "$ref": "../Users/m1"}), json!([{"value": "m1"}])] {
+            let v = run(&reg, base.clone(), json!([{"op": "Add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager", "value": value}]))
+                .expect("ok");
+            assert_eq!(v[crate::schema::ENTERPRISE_URN]["manager"]["value"], "m1");
+        }
+        // Add through a filter that matches nothing creates the element.
+        let v = run(&reg, base.clone(), json!([{"op": "Add", "path": "emails[type eq \"work\"].value", "value": "w@x"}])).expect("ok");
+        assert_eq!(v["emails"], json!([{"value": "h@x", "type": "home"}, {"type": "work", "value": "w@x"}]));
+        // ...and a second Add through the same filter updates it instead of duplicating.
+        let v = run(&reg, v, json!([{"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "w2@x"}])).expect("ok");
+        assert_eq!(v["emails"].as_array().map(Vec::len), Some(2));
+        assert_eq!(v["emails"][1]["value"], "w2@x");
+    }
+
+    #[test]
+    fn okta_rename_echo_and_mutability() {
+        let reg = registry();
+        let base = json!({"userName": "u"});
+        let v = run(&reg, base.clone(), json!([{"op": "replace", "value": {"id": "id-1", "displayName": "New"}}])).expect("same id is fine");
+        assert_eq!(v["displayName"], "New");
+        let e = run(&reg, base.clone(), json!([{"op": "replace", "value": {"id": "other"}}])).expect_err("other id");
+        assert!(matches!(e, ProtocolError::Mutability(_)));
+        let e = run(&reg, base.clone(), json!([{"op": "add", "path": "groups", "value": [{"value": "g"}]}])).expect_err("readOnly");
+        assert!(matches!(e, ProtocolError::Mutability(_)));
+    }
+
+    #[test]
+    fn value_filters_primary_and_removal() {
+        let reg = registry();
+        let base = json!({"userName": "u", "emails": [
+            {"value": "a@x", "type": "work", "primary": true}, {"value": "b@x", "type": "home"}]});
+        // A new primary clears the old one.
+        let v = run(&reg, base.clone(), json!([{"op": "add", "path": "emails", "value": [{"value": "c@x", "primary": true}]}])).expect("ok");
+        let primaries: Vec<&Value> = v["emails"].as_array().expect("list").iter().filter(|e| e["primary"] == json!(true)).collect();
+        assert_eq!(primaries.len(), 1);
+        assert_eq!(primaries[0]["value"], "c@x");
+        // Remove through a filter; a filter matching nothing is a no-op.
+        let v = run(&reg, base.clone(), json!([{"op": "remove", "path": "emails[type eq \"home\"]"}])).expect("ok");
+        assert_eq!(v["emails"].as_array().map(Vec::len), Some(1));
+        let v = run(&reg, base.clone(), json!([{"op": "remove", "path": "emails[type eq \"other\"]"}])).expect("ok");
+        assert_eq!(v["emails"].as_array().map(Vec::len), Some(2));
+        // Replace through a non-equality filter that matches nothing is noTarget.
+        let e = run(&reg, base.clone(), json!([{"op": "replace", "path": "emails[value co \"zz\"].type", "value": "x"}])).expect_err("noTarget");
+        assert!(matches!(e, ProtocolError::NoTarget(_)));
+        // Complex replace merges sub-attributes.
+        let v = run(&reg, json!({"userName": "u", "name": {"givenName": "A", "familyName": "B"}}),
+            json!([{"op": "replace", "path": "name", "value": {"givenName": "C"}}])).expect("ok");
+        assert_eq!(v["name"], json!({"givenName": "C", "familyName": "B"}));
+    }
+
+    #[test]
+    fn member_operations_split_out() {
+        let reg = registry();
+        let ops = parse_request(
+            json!({"schemas": [PATCH_OP_URN], "Operations": [
+                {"op": "add", "path": "members", "value": [{"value": "u1"}, {"value": "u2", "type": "User"}]},
+                {"op": "remove", "path": "members[value eq \"u1\"]"},
+                {"op": "Remove", "path": "members", "value": [{"value": "u2"}]},
+                {"op": "remove", "path": "members[type eq \"Group\"]"},
+                {"op": "replace", "value": {"displayName": "G", "members": [{"value": "u3"}]}},
+                {"op": "replace", "path": "displayName", "value": "H"}]}),
+            &FilterLimits::default(),
+            100,
+        )
+        .expect("parse");
+        let (members, rest) = split_members(&reg, ops).expect("split");
+        assert_eq!(members.len(), 5);
+        assert_eq!(members[0], MemberOp::Add(vec![Member { value: "u1".into(), kind: None }, Member { value: "u2".into(), kind: Some("User".into()) }]));
+        assert_eq!(members[1], MemberOp::Remove(vec!["u1".into()]));
+        assert_eq!(members[2], MemberOp::Remove(vec!["u2".into()]));
+        assert!(matches!(members[3], MemberOp::RemoveWhere(_)));
+        assert_eq!(members[4], MemberOp::Replace(vec![Member { value: "u3".into(), kind: None }]));
+        assert_eq!(rest.len(), 2);
+    }
+}
