@@ -268,10 +268,7 @@ impl Config {
             if t.id.is_empty() {
                 return Err(invalid("tenants: id must not be empty"));
             }
-            if !t.base_path.starts_with('/')
-                || t.base_path.ends_with('/')
-                || t.base_path.contains("//")
-            {
+            if !t.base_path.starts_with('/') || t.base_path.ends_with('/') || t.base_path.contains("//") {
                 return Err(invalid(format!(
                     "tenant {}: base_path {:?} must start with / and not end with /",
                     t.id, t.base_path
@@ -288,16 +285,11 @@ impl Config {
             }
             paths.push(&t.base_path);
             if t.tokens.is_empty() {
-                return Err(invalid(format!(
-                    "tenant {}: at least one token is required",
-                    t.id
-                )));
+                return Err(invalid(format!("tenant {}: at least one token is required", t.id)));
             }
         }
         if self.scim.max_page_size == 0 || self.scim.default_page_size > self.scim.max_page_size {
-            return Err(invalid(
-                "scim: default_page_size must be between 1 and max_page_size",
-            ));
+            return Err(invalid("scim: default_page_size must be between 1 and max_page_size"));
         }
         if self.scim.bulk_max_operations == 0 {
             return Err(invalid("scim: bulk_max_operations must be at least 1"));
@@ -318,10 +310,7 @@ impl Config {
                 Ok(Tenant {
                     id: t.id.clone(),
                     base_path: t.base_path.clone(),
-                    public_url: t
-                        .public_url
-                        .as_ref()
-                        .map(|u| u.trim_end_matches('/').to_string()),
+                    public_url: t.public_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
                     token_hashes: hashes,
                 })
             })
@@ -340,11 +329,8 @@ fn resolve_token(tenant: &str, s: &TokenSource) -> Result<[u8; 32], ConfigError>
         )));
     }
     if let Some(var) = &s.env {
-        let v = std::env::var(var).map_err(|_| {
-            invalid(format!(
-                "tenant {tenant}: environment variable {var} is not set"
-            ))
-        })?;
+        let v = std::env::var(var)
+            .map_err(|_| invalid(format!("tenant {tenant}: environment variable {var} is not set")))?;
         return token_hash(tenant, v.trim());
     }
     if let Some(file) = &s.file {
@@ -359,9 +345,7 @@ fn resolve_token(tenant: &str, s: &TokenSource) -> Result<[u8; 32], ConfigError>
     let hex = s.sha256.as_deref().unwrap_or_default();
     let mut out = [0u8; 32];
     if hex.len() != 64 {
-        return Err(invalid(format!(
-            "tenant {tenant}: sha256 must be 64 hex digits"
-        )));
+        return Err(invalid(format!("tenant {tenant}: sha256 must be 64 hex digits")));
     }
     for (i, b) in out.iter_mut().enumerate() {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
@@ -416,10 +400,7 @@ mod tests {
             "[store]\nurl = \"sqlite::memory:\"\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{{sha256=\"{hash}\"}}]\n"
         ));
         let cfg = Config::load(f.path()).expect("valid");
-        assert_eq!(
-            cfg.tenants().expect("tokens")[0].token_hashes[0],
-            [0xaa; 32]
-        );
+        assert_eq!(cfg.tenants().expect("tokens")[0].token_hashes[0], [0xaa; 32]);
         let f = write(
             "[store]\nurl = \"sqlite::memory:\"\n[[tenants]]\nid=\"a\"\nbase_path=\"/scim/v2\"\ntokens=[{env=\"SCIMGATE_TEST_UNSET_VAR\"}]\n",
         );

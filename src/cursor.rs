@@ -69,13 +69,7 @@ impl CursorKey {
         format!("{body}.{sig}")
     }
 
-    pub fn decode(
-        &self,
-        cursor: &str,
-        query_hash: &str,
-        tenant: &str,
-        now: i64,
-    ) -> Result<Position, ProtocolError> {
+    pub fn decode(&self, cursor: &str, query_hash: &str, tenant: &str, now: i64) -> Result<Position, ProtocolError> {
         let bad = || ProtocolError::InvalidCursor("the cursor is not valid for this query".into());
         let (body, sig) = cursor.split_once('.').ok_or_else(bad)?;
         let sig = B64.decode(sig).map_err(|_| bad())?;
@@ -105,10 +99,7 @@ mod tests {
     fn round_trip_and_tampering() {
         let k = CursorKey::new([7; 32]);
         let c = k.encode(Position::After("abc".into()), "q1", "t", 100);
-        assert_eq!(
-            k.decode(&c, "q1", "t", 50),
-            Ok(Position::After("abc".into()))
-        );
+        assert_eq!(k.decode(&c, "q1", "t", 50), Ok(Position::After("abc".into())));
         assert!(matches!(
             k.decode(&c, "q2", "t", 50),
             Err(ProtocolError::InvalidCursor(_))

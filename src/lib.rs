@@ -35,10 +35,7 @@ pub enum StartError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("cursor key file {path}: {source}")]
-    CursorKey {
-        path: String,
-        source: std::io::Error,
-    },
+    CursorKey { path: String, source: std::io::Error },
 }
 
 /// Build everything the router needs from a validated config: registry, store (migrated), tenants.
@@ -72,10 +69,6 @@ pub async fn build_state(cfg: &Config) -> Result<Arc<AppState>, StartError> {
         tenants,
         max_body_bytes: cfg.server.max_body_bytes,
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
-        scheme: if cfg.server.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
+        scheme: if cfg.server.tls.is_some() { "https" } else { "http" },
     }))
 }

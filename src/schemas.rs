@@ -10,15 +10,9 @@ pub const RESOURCE_TYPES_FILE: &str = "resource-types.json";
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read schema directory {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
+    Dir { path: String, source: std::io::Error },
     #[error("cannot read {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    File { path: String, source: std::io::Error },
     #[error("{path}: line {line}, column {column}: {msg}")]
     Json {
         path: String,
@@ -66,8 +60,6 @@ pub fn load(dir: &Path) -> Result<Registry, LoadError> {
             docs.push(doc);
         }
     }
-    let types = types.ok_or_else(|| {
-        LoadError::NoResourceTypes(dir.join(RESOURCE_TYPES_FILE).display().to_string())
-    })?;
+    let types = types.ok_or_else(|| LoadError::NoResourceTypes(dir.join(RESOURCE_TYPES_FILE).display().to_string()))?;
     Ok(Registry::build(docs, &types)?)
 }

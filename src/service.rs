@@ -241,14 +241,10 @@ impl ScimService {
         if kind == ResourceKind::Group
             && let Value::Object(o) = &mut body
         {
-            let key = o
-                .keys()
-                .find(|k| k.eq_ignore_ascii_case("members"))
-                .cloned();
+            let key = o.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
             if let Some(k) = key
                 && let Some(v) = o.remove(&k)
-                && let Some(MemberOp::Add(list) | MemberOp::Replace(list)) =
-                    self.member_ops(v)?.into_iter().next()
+                && let Some(MemberOp::Add(list) | MemberOp::Replace(list)) = self.member_ops(v)?.into_iter().next()
             {
                 members = list;
             }
@@ -257,11 +253,19 @@ impl ScimService {
         let password_hash = self.take_password(kind, &mut doc).await?;
         let stored = self
             .store
-            .create(&cx.tenant.id, kind, Write { doc, password_hash }, &members)
+            .create(
+                &cx.tenant.id,
+                kind,
+                Write {
+                    doc,
+                    password_hash,
+                    doc_changed: true,
+                },
+                &members,
+            )
             .await?;
         tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
-        self.output(cx, kind, &stored, proj, StatusCode::CREATED)
-            .await
+        self.output(cx, kind, &stored, proj, StatusCode::CREATED).await
     }
 
     fn member_ops(&self, members: Value) -> Result<Vec<MemberOp>, ApiError> {
@@ -311,10 +315,7 @@ impl ScimService {
         if kind == ResourceKind::Group
             && let Value::Object(o) = &mut body
         {
-            let key = o
-                .keys()
-                .find(|k| k.eq_ignore_ascii_case("members"))
-                .cloned();
+            let key = o.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
             member_ops = match key.and_then(|k| o.remove(&k)) {
                 Some(v) => self.member_ops(v)?,
                 None => vec![MemberOp::Replace(vec![])],
@@ -326,9 +327,14 @@ impl ScimService {
             let current = self.load(cx, kind, id).await?;
             Self::check_if_match(pre, current.version)?;
             check_immutable(&self.reg, kind, &current.doc, &doc)?;
+            let doc_changed = doc != current.doc || password_hash.is_some();
+            if !doc_changed && kind == ResourceKind::User {
+                return self.output(cx, kind, &current, proj, StatusCode::OK).await;
+            }
             let w = Write {
                 doc: doc.clone(),
                 password_hash: password_hash.clone(),
+                doc_changed,
             };
             match self
                 .store
@@ -366,10 +372,15 @@ impl ScimService {
             check_immutable(&self.reg, kind, &current.doc, &doc)?;
             let password_hash = self.take_password(kind, &mut doc).await?;
             let member_ops = self.resolve_member_filters(cx, id, &member_ops).await?;
-            if doc == current.doc && member_ops.is_empty() && password_hash.is_none() {
+            let doc_changed = doc != current.doc || password_hash.is_some();
+            if !doc_changed && member_ops.is_empty() {
                 return self.output(cx, kind, &current, proj, StatusCode::OK).await;
             }
-            let w = Write { doc, password_hash };
+            let w = Write {
+                doc,
+                password_hash,
+                doc_changed,
+            };
             match self
                 .store
                 .replace(&cx.tenant.id, kind, id, current.version, w, &member_ops)
@@ -420,8 +431,7 @@ impl ScimService {
                         .into_iter()
                         .filter(|m| {
                             let el = json!({"value": m.value, "type": m.kind});
-                            el.as_object()
-                                .is_some_and(|o| eval::matches_element(attr, &filter, o))
+                            el.as_object().is_some_and(|o| eval::matches_element(attr, &filter, o))
                         })
                         .map(|m| m.value)
                         .collect();
@@ -451,10 +461,7 @@ impl ScimService {
         match self.store.delete(&cx.tenant.id, kind, id, expect).await {
             Ok(()) => {}
             Err(StoreError::NotFound) => {
-                return Err(ApiError::NotFound(format!(
-                    "{} {id} not found",
-                    kind.as_str()
-                )));
+                return Err(ApiError::NotFound(format!("{} {id} not found", kind.as_str())));
             }
             Err(e) => return Err(e.into()),
         }
@@ -468,22 +475,14 @@ impl ScimService {
     }
 
     /// List or search one resource type, or both (root `.search`) when `kind` is `None`.
-    pub async fn list(
-        &self,
-        cx: &Ctx,
-        kind: Option<ResourceKind>,
-        p: &ListParams,
-    ) -> Result<Value, ApiError> {
+    pub async fn list(&self, cx: &Ctx, kind: Option<ResourceKind>, p: &ListParams) -> Result<Value, ApiError> {
         let kinds: Vec<ResourceKind> = match kind {
             Some(k) => vec![k],
             None => vec![ResourceKind::User, ResourceKind::Group],
         };
         let cursor_mode = p.cursor.is_some();
         if cursor_mode && p.start_index.is_some() {
-            return Err(ProtocolError::InvalidValue(
-                "use either cursor or startIndex, not both".into(),
-            )
-            .into());
+            return Err(ProtocolError::InvalidValue("use either cursor or startIndex, not both".into()).into());
         }
         let count = match p.count.as_deref().map(str::trim) {
             None | Some("") => self.limits.default_page,
@@ -495,9 +494,7 @@ impl ScimService {
                         ProtocolError::InvalidValue("count must be an integer".into())
                     }
                 })?;
-                usize::try_from(n.max(0))
-                    .unwrap_or(0)
-                    .min(self.limits.max_page)
+                usize::try_from(n.max(0)).unwrap_or(0).min(self.limits.max_page)
             }
         };
         let start_index = match p.start_index.as_deref().map(str::trim) {
@@ -507,19 +504,11 @@ impl ScimService {
                 .map_err(|_| ProtocolError::InvalidValue("startIndex must be an integer".into()))?
                 .max(1),
         };
-        let desc = match p
-            .sort_order
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        let desc = match p.sort_order.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("") | Some("ascending") => false,
             Some("descending") => true,
             Some(_) => {
-                return Err(ProtocolError::InvalidValue(
-                    "sortOrder must be ascending or descending".into(),
-                )
-                .into());
+                return Err(ProtocolError::InvalidValue("sortOrder must be ascending or descending".into()).into());
             }
         };
         // Per kind: resolved filter, sort and projection. A filter that names attributes a kind lacks
@@ -541,22 +530,14 @@ impl ScimService {
                 },
                 None => None,
             };
-            let sort = match p
-                .sort_by
-                .as_deref()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            {
+            let sort = match p.sort_by.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
                 Some(s) => {
                     let path = parse_patch_path(s, &self.limits.filter)
                         .map_err(|e| ProtocolError::InvalidValue(format!("sortBy: {e}")))?;
                     match self.reg.resolve(k, &path.attr) {
                         Some(Target::Attr(r)) if path.filter.is_none() => Some((r.to_path(), desc)),
                         _ => {
-                            return Err(ProtocolError::InvalidValue(format!(
-                                "sortBy: unknown attribute {s}"
-                            ))
-                            .into());
+                            return Err(ProtocolError::InvalidValue(format!("sortBy: unknown attribute {s}")).into());
                         }
                     }
                 }
@@ -566,9 +547,9 @@ impl ScimService {
             plans.push((k, filter, sort, proj));
         }
         if plans.is_empty() {
-            return Err(last_err.map(ApiError::from).unwrap_or_else(|| {
-                ProtocolError::InvalidFilter("no resource type matches".into()).into()
-            }));
+            return Err(last_err
+                .map(ApiError::from)
+                .unwrap_or_else(|| ProtocolError::InvalidFilter("no resource type matches".into()).into()));
         }
         let qhash = query_hash(kind, p);
         let now = chrono::Utc::now().timestamp();
@@ -653,8 +634,7 @@ impl ScimService {
         let mut results: Vec<Option<Value>> = vec![None; req.ops.len()];
         for i in cyclic {
             let op = &req.ops[i];
-            let err =
-                ApiError::Protocol(ProtocolError::Conflict("circular bulkId references".into()));
+            let err = ApiError::Protocol(ProtocolError::Conflict("circular bulkId references".into()));
             results[i] = Some(op_result(op, None, None, Err(err)));
         }
         let mut ids: HashMap<String, String> = HashMap::new();
@@ -782,11 +762,7 @@ fn query_hash(kind: Option<ResourceKind>, p: &ListParams) -> String {
         h.update(part.unwrap_or("").as_bytes());
         h.update([0]);
     }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

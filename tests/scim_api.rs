@@ -40,11 +40,7 @@ fn assert_error(body: &Value, status: u16, scim_type: Option<&str>) {
         "{body}"
     );
     assert_eq!(body["status"], json!(status.to_string()), "{body}");
-    assert_eq!(
-        body.get("scimType").and_then(Value::as_str),
-        scim_type,
-        "{body}"
-    );
+    assert_eq!(body.get("scimType").and_then(Value::as_str), scim_type, "{body}");
 }
 
 async fn crud_etags_and_headers(backend: Backend) {
@@ -61,10 +57,7 @@ async fn crud_etags_and_headers(backend: Backend) {
         .expect("post");
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["content-type"], "application/scim+json");
-    let location = r.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_string();
+    let location = r.headers()["location"].to_str().expect("location").to_string();
     let etag = r.headers()["etag"].to_str().expect("etag").to_string();
     let created: Value = r.json().await.expect("json");
     assert_eq!(created["meta"]["location"], json!(location));
@@ -141,10 +134,7 @@ async fn concurrent_puts_with_one_if_match(backend: Backend) {
     let id = created["id"].as_str().expect("id").to_string();
     for round in 0..10 {
         let (_, current) = gw.call("GET", &format!("/Users/{id}"), None).await;
-        let etag = current["meta"]["version"]
-            .as_str()
-            .expect("version")
-            .to_string();
+        let etag = current["meta"]["version"].as_str().expect("version").to_string();
         let send = |title: String| {
             let mut body = current.clone();
             body["title"] = json!(title);
@@ -154,16 +144,9 @@ async fn concurrent_puts_with_one_if_match(backend: Backend) {
                 .send()
         };
         let (a, b) = tokio::join!(send(format!("a{round}")), send(format!("b{round}")));
-        let mut statuses = [
-            a.expect("a").status().as_u16(),
-            b.expect("b").status().as_u16(),
-        ];
+        let mut statuses = [a.expect("a").status().as_u16(), b.expect("b").status().as_u16()];
         statuses.sort();
-        assert_eq!(
-            statuses,
-            [200, 412],
-            "round {round}: exactly one PUT may win"
-        );
+        assert_eq!(statuses, [200, 412], "round {round}: exactly one PUT may win");
     }
 }
 both_backends!(concurrent_puts_with_one_if_match);
@@ -187,31 +170,17 @@ async fn filters_sorting_and_paging(backend: Backend) {
     assert_eq!(total(&gw, "userName co \"er2\"").await, 3);
     assert_eq!(total(&gw, "userName ew \"7\"").await, 2);
     assert_eq!(total(&gw, "userName gt \"user19\"").await, 3);
-    assert_eq!(
-        total(&gw, "userName ge \"user19\" and userName le \"user20\"").await,
-        2
-    );
+    assert_eq!(total(&gw, "userName ge \"user19\" and userName le \"user20\"").await, 2);
     assert_eq!(total(&gw, "not (userName sw \"user1\")").await, 13);
     assert_eq!(total(&gw, "title pr").await, 18);
     assert_eq!(total(&gw, "active eq false").await, 8);
+    assert_eq!(total(&gw, "emails.value ew \"sales.example.com\"").await, 12);
     assert_eq!(
-        total(&gw, "emails.value ew \"sales.example.com\"").await,
-        12
-    );
-    assert_eq!(
-        total(
-            &gw,
-            "emails[type eq \"work\" and value co \"@engineering\"]"
-        )
-        .await,
+        total(&gw, "emails[type eq \"work\" and value co \"@engineering\"]").await,
         11
     );
     assert_eq!(
-        total(
-            &gw,
-            "emails[type eq \"work\"].value eq \"U3@ENGINEERING.example.com\""
-        )
-        .await,
+        total(&gw, "emails[type eq \"work\"].value eq \"U3@ENGINEERING.example.com\"").await,
         1
     );
     assert_eq!(
@@ -230,23 +199,13 @@ async fn filters_sorting_and_paging(backend: Backend) {
         .await,
         2
     );
-    assert_eq!(
-        total(&gw, "meta.lastModified gt \"2000-01-01T00:00:00Z\"").await,
-        23
-    );
-    assert_eq!(
-        total(&gw, "meta.created lt \"2000-01-01T00:00:00Z\"").await,
-        0
-    );
+    assert_eq!(total(&gw, "meta.lastModified gt \"2000-01-01T00:00:00Z\"").await, 23);
+    assert_eq!(total(&gw, "meta.created lt \"2000-01-01T00:00:00Z\"").await, 0);
     assert_eq!(total(&gw, "id eq \"nope\" or externalId pr").await, 0);
 
     // Sorting, descending.
     let (_, v) = gw
-        .call(
-            "GET",
-            "/Users?sortBy=userName&sortOrder=descending&count=3",
-            None,
-        )
+        .call("GET", "/Users?sortBy=userName&sortOrder=descending&count=3", None)
         .await;
     let names: Vec<&str> = v["Resources"]
         .as_array()
@@ -308,17 +267,11 @@ async fn filters_sorting_and_paging(backend: Backend) {
     let mut bad = c.clone().into_bytes();
     bad[5] = if bad[5] == b'A' { b'B' } else { b'A' };
     let bad = String::from_utf8(bad).expect("ascii");
-    let (s, v) = gw
-        .call("GET", &format!("/Users?cursor={bad}&count=2"), None)
-        .await;
+    let (s, v) = gw.call("GET", &format!("/Users?cursor={bad}&count=2"), None).await;
     assert_eq!(s, 400);
     assert_error(&v, 400, Some("invalidCursor"));
     let (s, v) = gw
-        .call(
-            "GET",
-            &format!("/Users?cursor={c}&count=2&sortBy=userName"),
-            None,
-        )
+        .call("GET", &format!("/Users?cursor={c}&count=2&sortBy=userName"), None)
         .await;
     assert_eq!(s, 400);
     assert_error(&v, 400, Some("invalidCursor"));
@@ -333,10 +286,7 @@ async fn filters_sorting_and_paging(backend: Backend) {
         .await;
     assert_eq!(v["userName"], "user03");
     assert!(v.get("displayName").is_none());
-    assert_eq!(
-        v["emails"][0],
-        json!({"value": "u3@engineering.example.com"})
-    );
+    assert_eq!(v["emails"][0], json!({"value": "u3@engineering.example.com"}));
     assert!(v.get("id").is_some(), "id is returned always");
     let (_, v) = gw
         .call(
@@ -361,11 +311,7 @@ both_backends!(filters_sorting_and_paging);
 
 async fn total(gw: &Gateway, f: &str) -> u64 {
     let (s, v) = gw
-        .call(
-            "GET",
-            &format!("/Users?filter={}&count=1000", percent(f)),
-            None,
-        )
+        .call("GET", &format!("/Users?filter={}&count=1000", percent(f)), None)
         .await;
     assert_eq!(s, 200, "{f}: {v}");
     assert_eq!(
@@ -378,9 +324,7 @@ async fn total(gw: &Gateway, f: &str) -> u64 {
 fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -389,8 +333,7 @@ fn percent(s: &str) -> String {
 async fn bad_input_gets_scim_errors(backend: Backend) {
     let gw = Gateway::start_with(Options {
         backend,
-        extra_config:
-            "max_filter_depth = 8\nbulk_max_operations = 5\nbulk_max_payload_bytes = 20000".into(),
+        extra_config: "max_filter_depth = 8\nbulk_max_operations = 5\nbulk_max_payload_bytes = 20000".into(),
         ..Options::default()
     })
     .await;
@@ -451,11 +394,7 @@ async fn bad_input_gets_scim_errors(backend: Backend) {
         let shown = &path[..path.len().min(80)];
         assert_eq!(s, status, "{method} {shown}: {v}");
         if status != 404 || v != Value::Null {
-            assert_eq!(
-                v["status"],
-                json!(status.to_string()),
-                "{method} {shown}: {v}"
-            );
+            assert_eq!(v["status"], json!(status.to_string()), "{method} {shown}: {v}");
             assert_eq!(
                 v.get("scimType").and_then(Value::as_str),
                 scim_type,
@@ -505,18 +444,16 @@ async fn groups_membership_and_bulk(backend: Backend) {
     let mut ops = vec![json!({"method": "POST", "bulkId": "g", "path": "/Groups",
         "data": {"schemas": [GROUP], "displayName": "Tour Guides", "members": (0..3).map(|i| json!({"type": "User", "value": format!("bulkId:u{i}")})).collect::<Vec<_>>()}})];
     for i in 0..3 {
-        ops.push(json!({"method": "POST", "bulkId": format!("u{i}"), "path": "/Users", "data": user(&format!("guide{i}"))}));
+        ops.push(
+            json!({"method": "POST", "bulkId": format!("u{i}"), "path": "/Users", "data": user(&format!("guide{i}"))}),
+        );
     }
     ops.push(json!({"method": "PATCH", "path": "/Groups/bulkId:g", "data": {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "displayName", "value": "Guides"}]}}));
     ops.push(json!({"method": "POST", "bulkId": "dup", "path": "/Users", "data": user("guide0")}));
     ops.push(json!({"method": "POST", "bulkId": "c1", "path": "/Groups", "data": {"schemas": [GROUP], "displayName": "c1", "members": [{"value": "bulkId:c2"}]}}));
     ops.push(json!({"method": "POST", "bulkId": "c2", "path": "/Groups", "data": {"schemas": [GROUP], "displayName": "c2", "members": [{"value": "bulkId:c1"}]}}));
     let (s, v) = gw
-        .call(
-            "POST",
-            "/Bulk",
-            Some(&json!({"schemas": [BULK], "Operations": ops})),
-        )
+        .call("POST", "/Bulk", Some(&json!({"schemas": [BULK], "Operations": ops})))
         .await;
     assert_eq!(s, 200, "{v}");
     let results = v["Operations"].as_array().expect("ops");
@@ -531,9 +468,7 @@ async fn groups_membership_and_bulk(backend: Backend) {
     assert_eq!(status_of("dup"), Some(json!("409")));
     assert_eq!(status_of("c1"), Some(json!("409")));
     assert!(
-        results
-            .iter()
-            .any(|r| r["method"] == "PATCH" && r["status"] == "200"),
+        results.iter().any(|r| r["method"] == "PATCH" && r["status"] == "200"),
         "{v}"
     );
     let group_loc = results
@@ -545,12 +480,14 @@ async fn groups_membership_and_bulk(backend: Backend) {
     let (_, g) = gw.call("GET", &format!("/Groups/{gid}"), None).await;
     assert_eq!(g["displayName"], "Guides");
     assert_eq!(g["members"].as_array().map(Vec::len), Some(3), "{g}");
-    let uid0 = g["members"][0]["value"]
-        .as_str()
-        .expect("member")
-        .to_string();
+    let uid0 = g["members"][0]["value"].as_str().expect("member").to_string();
     let (_, u) = gw.call("GET", &format!("/Users/{uid0}"), None).await;
     assert_eq!(u["groups"][0]["value"], json!(gid), "{u}");
+
+    // Group displayName is unique per tenant, case-insensitively (Entra and AD need it).
+    let (s, v) = gw.call("POST", "/Groups", Some(&json!({"schemas": [GROUP], "displayName": "GUIDES"}))).await;
+    assert_eq!(s, 409, "{v}");
+    assert_error(&v, 409, Some("uniqueness"));
 
     // failOnErrors stops after the first failure.
     let ops = json!({"schemas": [BULK], "failOnErrors": 1, "Operations": [
@@ -558,9 +495,7 @@ async fn groups_membership_and_bulk(backend: Backend) {
         {"method": "POST", "bulkId": "b", "path": "/Users", "data": user("fresh")}]});
     let (_, v) = gw.call("POST", "/Bulk", Some(&ops)).await;
     assert_eq!(v["Operations"].as_array().map(Vec::len), Some(1), "{v}");
-    let (_, v) = gw
-        .call("GET", "/Users?filter=userName%20eq%20%22fresh%22", None)
-        .await;
+    let (_, v) = gw.call("GET", "/Users?filter=userName%20eq%20%22fresh%22", None).await;
     assert_eq!(v["totalResults"], json!(0));
 
     // Membership PATCH in every form; a member that does not exist is refused.
@@ -575,11 +510,7 @@ async fn groups_membership_and_bulk(backend: Backend) {
             )),
         )
         .await;
-    assert_eq!(
-        (s, v["members"].as_array().map(Vec::len)),
-        (200, Some(2)),
-        "{v}"
-    );
+    assert_eq!((s, v["members"].as_array().map(Vec::len)), (200, Some(2)), "{v}");
     let (s, _) = gw
         .call(
             "PATCH",
@@ -625,9 +556,7 @@ async fn groups_membership_and_bulk(backend: Backend) {
         .call(
             "PATCH",
             &format!("{path}?excludedAttributes=members"),
-            Some(&p(
-                json!([{"op": "remove", "path": "members[type eq \"User\"]"}]),
-            )),
+            Some(&p(json!([{"op": "remove", "path": "members[type eq \"User\"]"}]))),
         )
         .await;
     assert_eq!(s, 200);
@@ -662,10 +591,7 @@ async fn extension_schema_file(backend: Backend) {
     const ACME: &str = "urn:example:params:scim:schemas:extension:acme:2.0:User";
     let (s, v) = gw.call("GET", &format!("/Schemas/{ACME}"), None).await;
     assert_eq!(s, 200);
-    assert!(
-        v.get("x-scimgate-extends").is_none(),
-        "x- keys are not served"
-    );
+    assert!(v.get("x-scimgate-extends").is_none(), "x- keys are not served");
     let (_, v) = gw.call("GET", "/ResourceTypes/User", None).await;
     assert!(
         v["schemaExtensions"]
@@ -680,22 +606,14 @@ async fn extension_schema_file(backend: Backend) {
         let body = json!({"schemas": [USER, ACME], "userName": name, ACME: {"badgeNumber": badge, "clearanceLevel": level, "siteCodes": ["HQ"], "parking": {"spot": "A1", "level": -1}}});
         let (s, v) = gw.call("POST", "/Users", Some(&body)).await;
         assert_eq!(s, 201, "{v}");
-        assert!(
-            v["schemas"]
-                .as_array()
-                .expect("schemas")
-                .contains(&json!(ACME))
-        );
+        assert!(v["schemas"].as_array().expect("schemas").contains(&json!(ACME)));
     }
     // Validated: a string where an integer belongs is refused.
-    let bad =
-        json!({"schemas": [USER, ACME], "userName": "ext3", ACME: {"clearanceLevel": "high"}});
+    let bad = json!({"schemas": [USER, ACME], "userName": "ext3", ACME: {"clearanceLevel": "high"}});
     let (s, _) = gw.call("POST", "/Users", Some(&bad)).await;
     assert_eq!(s, 400);
     // Filterable.
-    let f = percent(&format!(
-        "{ACME}:clearanceLevel gt 4 and {ACME}:parking.spot eq \"a1\""
-    ));
+    let f = percent(&format!("{ACME}:clearanceLevel gt 4 and {ACME}:parking.spot eq \"a1\""));
     let (_, v) = gw.call("GET", &format!("/Users?filter={f}"), None).await;
     assert_eq!(v["totalResults"], json!(1), "{v}");
     assert_eq!(v["Resources"][0]["userName"], "ext2");
@@ -710,11 +628,7 @@ async fn extension_schema_file(backend: Backend) {
     assert_eq!(v[ACME]["siteCodes"], json!(["HQ", "DC2"]));
     // Projected.
     let (_, v) = gw
-        .call(
-            "GET",
-            &format!("/Users/{id}?attributes={ACME}:badgeNumber"),
-            None,
-        )
+        .call("GET", &format!("/Users/{id}?attributes={ACME}:badgeNumber"), None)
         .await;
     assert_eq!(v[ACME], json!({"badgeNumber": "B-999"}), "{v}");
     assert!(v.get("userName").is_none());
@@ -734,7 +648,9 @@ async fn tenants_are_isolated(backend: Backend) {
     };
     let gw = Gateway::start_with(Options {
         backend,
-        extra_config: format!("[[tenants]]\nid = \"b\"\nbase_path = \"/b/scim/v2\"\ntokens = [{{ sha256 = \"{hash_b}\" }}]\n"),
+        extra_config: format!(
+            "[[tenants]]\nid = \"b\"\nbase_path = \"/b/scim/v2\"\ntokens = [{{ sha256 = \"{hash_b}\" }}]\n"
+        ),
         ..Options::default()
     })
     .await;
@@ -806,10 +722,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .args(["-TERM", &pid])
         .status()
         .expect("kill");
-    let r = pending
-        .await
-        .expect("join")
-        .expect("the in-flight request completes");
+    let r = pending.await.expect("join").expect("the in-flight request completes");
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["Operations"].as_array().map(Vec::len), Some(1000));

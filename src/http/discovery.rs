@@ -12,10 +12,7 @@ use super::error::ApiError;
 use super::resources::base_url;
 use super::{TenantState, json_response};
 
-pub async fn service_provider_config(
-    State(ts): State<TenantState>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn service_provider_config(State(ts): State<TenantState>, headers: HeaderMap) -> Response {
     let l = &ts.app.service.limits;
     let base = base_url(&ts, &headers);
     let body = json!({
@@ -93,10 +90,7 @@ pub async fn resource_type(
         .iter()
         .find(|t| t.def.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("resource type {id} not found")))?;
-    Ok(json_response(
-        StatusCode::OK,
-        &resource_type_json(rt, &base),
-    ))
+    Ok(json_response(StatusCode::OK, &resource_type_json(rt, &base)))
 }
 
 fn schema_json(s: &scimgate_scim::schema::Schema, base: &str) -> Value {

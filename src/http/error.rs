@@ -39,9 +39,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Protocol(p) => {
-                StatusCode::from_u16(p.status()).unwrap_or(StatusCode::BAD_REQUEST)
-            }
+            ApiError::Protocol(p) => StatusCode::from_u16(p.status()).unwrap_or(StatusCode::BAD_REQUEST),
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
@@ -120,10 +118,8 @@ impl IntoResponse for ApiError {
             return r;
         }
         let mut r = (status, self.body().to_string()).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(super::SCIM_JSON),
-        );
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(super::SCIM_JSON));
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

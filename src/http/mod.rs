@@ -64,10 +64,17 @@ pub fn app(state: Arc<AppState>) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::disable())
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.request_timeout,
+        ))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let rid = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let rid = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %rid)
         }))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
@@ -84,13 +91,27 @@ pub fn tenant_routes() -> Vec<(&'static str, MethodRouter<TenantState>)> {
     vec![
         ("/Users", not_allowed(get(list_users).post(create_user))),
         ("/Users/.search", not_allowed(post(search_users))),
-        ("/Users/{id}", not_allowed(get(get_user).put(replace_user).patch(patch_user).delete(delete_user))),
+        (
+            "/Users/{id}",
+            not_allowed(get(get_user).put(replace_user).patch(patch_user).delete(delete_user)),
+        ),
         ("/Groups", not_allowed(get(list_groups).post(create_group))),
         ("/Groups/.search", not_allowed(post(search_groups))),
-        ("/Groups/{id}", not_allowed(get(get_group).put(replace_group).patch(patch_group).delete(delete_group))),
+        (
+            "/Groups/{id}",
+            not_allowed(
+                get(get_group)
+                    .put(replace_group)
+                    .patch(patch_group)
+                    .delete(delete_group),
+            ),
+        ),
         ("/.search", not_allowed(post(search_root))),
         ("/Bulk", not_allowed(post(bulk))),
-        ("/ServiceProviderConfig", not_allowed(get(discovery::service_provider_config))),
+        (
+            "/ServiceProviderConfig",
+            not_allowed(get(discovery::service_provider_config)),
+        ),
         ("/ResourceTypes", not_allowed(get(discovery::resource_types))),
         ("/ResourceTypes/{id}", not_allowed(get(discovery::resource_type))),
         ("/Schemas", not_allowed(get(discovery::schemas))),
@@ -117,10 +138,7 @@ async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(token) = presented else {
         return ApiError::Unauthorized("a bearer token is required".into()).into_response();
@@ -131,8 +149,7 @@ async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -
         ok |= h.ct_eq(&hash);
     }
     if !bool::from(ok) {
-        return ApiError::Unauthorized("the bearer token is not valid for this tenant".into())
-            .into_response();
+        return ApiError::Unauthorized("the bearer token is not valid for this tenant".into()).into_response();
     }
     next.run(req).await
 }
@@ -148,21 +165,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Read a JSON body within `limit` bytes. `application/scim+json` and `application/json` are accepted.
-pub async fn read_json(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<serde_json::Value, ApiError> {
-    if let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        let mime = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<serde_json::Value, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if !(mime == SCIM_JSON || mime == "application/json" || mime.is_empty()) {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "content type {mime} is not JSON"
@@ -178,13 +183,9 @@ pub async fn read_json(
     {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        scimgate_scim::ProtocolError::InvalidSyntax(format!("the body is not valid JSON: {e}"))
-            .into()
-    })
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| scimgate_scim::ProtocolError::InvalidSyntax(format!("the body is not valid JSON: {e}")).into())
 }
 
 /// Turn a service output into a response with the SCIM content type, ETag and Location.

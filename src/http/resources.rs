@@ -41,12 +41,7 @@ fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
 }
 
 fn preconditions(headers: &HeaderMap) -> Preconditions {
-    let get = |h: header::HeaderName| {
-        headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
     Preconditions {
         if_match: get(header::IF_MATCH),
         if_none_match: get(header::IF_NONE_MATCH),
@@ -70,10 +65,7 @@ fn list_params(q: &HashMap<String, String>) -> ListParams {
 /// A SearchRequest body (RFC 7644 §3.4.3) as list parameters; values may be JSON strings or numbers.
 fn search_params(body: Value) -> Result<ListParams, ApiError> {
     let Value::Object(o) = body else {
-        return Err(scimgate_scim::ProtocolError::InvalidSyntax(
-            "a SearchRequest must be a JSON object".into(),
-        )
-        .into());
+        return Err(scimgate_scim::ProtocolError::InvalidSyntax("a SearchRequest must be a JSON object".into()).into());
     };
     let get = |n: &str| -> Option<String> {
         o.iter()
@@ -81,12 +73,7 @@ fn search_params(body: Value) -> Result<ListParams, ApiError> {
             .and_then(|(_, v)| match v {
                 Value::String(s) => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
-                Value::Array(a) => Some(
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
+                Value::Array(a) => Some(a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
                 _ => None,
             })
     };
@@ -133,14 +120,8 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.max_body_bytes).await?;
     let svc = &ts.app.service;
-    let proj = svc.projection(
-        kind,
-        param(&q, "attributes"),
-        param(&q, "excludedAttributes"),
-    )?;
-    Ok(respond(
-        svc.create(&ctx(&ts, &headers), kind, json, &proj).await?,
-    ))
+    let proj = svc.projection(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
+    Ok(respond(svc.create(&ctx(&ts, &headers), kind, json, &proj).await?))
 }
 
 async fn get_one(
@@ -151,20 +132,10 @@ async fn get_one(
     id: String,
 ) -> Result<Response, ApiError> {
     let svc = &ts.app.service;
-    let proj = svc.projection(
-        kind,
-        param(&q, "attributes"),
-        param(&q, "excludedAttributes"),
-    )?;
+    let proj = svc.projection(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
     Ok(respond(
-        svc.get(
-            &ctx(&ts, &headers),
-            kind,
-            &id,
-            &proj,
-            &preconditions(&headers),
-        )
-        .await?,
+        svc.get(&ctx(&ts, &headers), kind, &id, &proj, &preconditions(&headers))
+            .await?,
     ))
 }
 
@@ -178,21 +149,10 @@ async fn replace(
 ) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.max_body_bytes).await?;
     let svc = &ts.app.service;
-    let proj = svc.projection(
-        kind,
-        param(&q, "attributes"),
-        param(&q, "excludedAttributes"),
-    )?;
+    let proj = svc.projection(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
     Ok(respond(
-        svc.replace(
-            &ctx(&ts, &headers),
-            kind,
-            &id,
-            json,
-            &proj,
-            &preconditions(&headers),
-        )
-        .await?,
+        svc.replace(&ctx(&ts, &headers), kind, &id, json, &proj, &preconditions(&headers))
+            .await?,
     ))
 }
 
@@ -206,30 +166,14 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.max_body_bytes).await?;
     let svc = &ts.app.service;
-    let proj = svc.projection(
-        kind,
-        param(&q, "attributes"),
-        param(&q, "excludedAttributes"),
-    )?;
+    let proj = svc.projection(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
     Ok(respond(
-        svc.patch(
-            &ctx(&ts, &headers),
-            kind,
-            &id,
-            json,
-            &proj,
-            &preconditions(&headers),
-        )
-        .await?,
+        svc.patch(&ctx(&ts, &headers), kind, &id, json, &proj, &preconditions(&headers))
+            .await?,
     ))
 }
 
-async fn delete(
-    ts: TenantState,
-    headers: HeaderMap,
-    kind: ResourceKind,
-    id: String,
-) -> Result<Response, ApiError> {
+async fn delete(ts: TenantState, headers: HeaderMap, kind: ResourceKind, id: String) -> Result<Response, ApiError> {
     Ok(respond(
         ts.app
             .service
@@ -319,19 +263,11 @@ kind_handlers!(
     delete_group
 );
 
-pub async fn search_root(
-    State(ts): State<TenantState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn search_root(State(ts): State<TenantState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     search(ts, headers, None, body).await
 }
 
-pub async fn bulk(
-    State(ts): State<TenantState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn bulk(State(ts): State<TenantState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.service.limits.bulk_max_payload).await?;
     let out = ts.app.service.bulk(&ctx(&ts, &headers), json).await?;
     Ok(json_response(StatusCode::OK, &out))

@@ -48,13 +48,21 @@ async fn state() -> Arc<AppState> {
     })
 }
 
-async fn send(state: &Arc<AppState>, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value, axum::http::HeaderMap) {
+async fn send(
+    state: &Arc<AppState>,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
     let req = match body {
-        Some(b) => req.header(header::CONTENT_TYPE, "application/scim+json").body(Body::from(b.to_string())),
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/scim+json")
+            .body(Body::from(b.to_string())),
         None => req.body(Body::empty()),
     }
     .expect("request");
@@ -93,7 +101,10 @@ async fn discovery_methods_and_unknown_paths() {
     assert_eq!(h[header::CONTENT_TYPE], "application/scim+json");
     assert_eq!(v["bulk"]["maxOperations"], json!(1000));
     assert_eq!(v["pagination"]["cursor"], json!(true));
-    assert_eq!(v["meta"]["location"], "https://idp.example.com/scim/v2/ServiceProviderConfig");
+    assert_eq!(
+        v["meta"]["location"],
+        "https://idp.example.com/scim/v2/ServiceProviderConfig"
+    );
     for path in ["/ServiceProviderConfig", "/ResourceTypes", "/Schemas", "/Users/.search"] {
         for m in [Method::PUT, Method::DELETE, Method::PATCH] {
             let (s, v, _) = send(&st, m.clone(), &format!("/scim/v2{path}"), Some(TOKEN), None).await;
@@ -113,8 +124,16 @@ async fn discovery_methods_and_unknown_paths() {
     assert_eq!(s, StatusCode::OK);
     // Schemas are generated from the loaded files.
     let (_, v, _) = send(&st, Method::GET, "/scim/v2/Schemas", Some(TOKEN), None).await;
-    let ids: Vec<&str> = v["Resources"].as_array().expect("list").iter().filter_map(|s| s["id"].as_str()).collect();
-    assert!(ids.contains(&"urn:scimgate:params:scim:schemas:extension:workforce:2.0:User"), "{ids:?}");
+    let ids: Vec<&str> = v["Resources"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"urn:scimgate:params:scim:schemas:extension:workforce:2.0:User"),
+        "{ids:?}"
+    );
     let (_, v, _) = send(&st, Method::GET, "/scim/v2/ResourceTypes/User", Some(TOKEN), None).await;
     assert_eq!(v["endpoint"], "/Users");
 }
@@ -132,14 +151,28 @@ async fn okta_create_and_entra_disable_through_the_router() {
     let id = v["id"].as_str().expect("id");
     let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
         "Operations": [{"op": "Replace", "path": "active", "value": "False"}]});
-    let (s, v, _) = send(&st, Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(TOKEN), Some(patch)).await;
+    let (s, v, _) = send(
+        &st,
+        Method::PATCH,
+        &format!("/scim/v2/Users/{id}"),
+        Some(TOKEN),
+        Some(patch),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["active"], json!(false));
     // The same PATCH again changes nothing and keeps the version.
     let version = v["meta"]["version"].clone();
     let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
         "Operations": [{"op": "replace", "value": {"active": false}}]});
-    let (_, v, _) = send(&st, Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(TOKEN), Some(patch)).await;
+    let (_, v, _) = send(
+        &st,
+        Method::PATCH,
+        &format!("/scim/v2/Users/{id}"),
+        Some(TOKEN),
+        Some(patch),
+    )
+    .await;
     assert_eq!(v["meta"]["version"], version);
 }
 

@@ -21,8 +21,7 @@ pub enum Backend {
 }
 
 pub fn pg_admin_url() -> String {
-    std::env::var("SCIMGATE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+    std::env::var("SCIMGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
 }
 
 pub fn repo_root() -> PathBuf {
@@ -97,19 +96,13 @@ impl Gateway {
             std::fs::copy(e.path(), schemas.join(e.file_name())).expect("copy schema");
         }
         for p in &opts.extra_schemas {
-            std::fs::copy(p, schemas.join(p.file_name().expect("file name")))
-                .expect("copy extra schema");
+            std::fs::copy(p, schemas.join(p.file_name().expect("file name"))).expect("copy extra schema");
         }
         let (url, db) = match opts.backend {
-            Backend::Sqlite => (
-                format!("sqlite://{}", dir.path().join("scimgate.db").display()),
-                None,
-            ),
+            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("scimgate.db").display()), None),
             Backend::Postgres => {
                 let name = format!("scimgate_test_{}", uuid::Uuid::new_v4().simple());
-                psql(&format!(
-                    "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"
-                ));
+                psql(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"));
                 (format!("{}/{name}", pg_admin_url()), Some(name))
             }
         };
@@ -180,9 +173,7 @@ impl Gateway {
     }
 
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .bearer_auth(TOKEN)
+        self.client.request(method, self.url(path)).bearer_auth(TOKEN)
     }
 
     /// Send a JSON request and return (status, body or Null).
@@ -190,9 +181,7 @@ impl Gateway {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut rb = self.req(m, path);
         if let Some(b) = body {
-            rb = rb
-                .header("content-type", "application/scim+json")
-                .body(b.to_string());
+            rb = rb.header("content-type", "application/scim+json").body(b.to_string());
         }
         let r = rb.send().await.expect("request");
         let status = r.status().as_u16();

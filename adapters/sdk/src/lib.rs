@@ -78,7 +78,11 @@ pub enum ErrorKind {
 impl AdapterError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         let retriable = matches!(kind, ErrorKind::Unavailable | ErrorKind::Throttled);
-        AdapterError { kind, message: message.into(), retriable }
+        AdapterError {
+            kind,
+            message: message.into(),
+            retriable,
+        }
     }
 }
 
@@ -93,7 +97,11 @@ pub trait Adapter: Send + Sync {
     /// Remove the account. Removing one that is already gone succeeds.
     async fn remove(&self, id: &AccountId) -> Result<(), AdapterError>;
     /// Accounts on the target, for reconciliation: a page after `cursor`.
-    async fn search(&self, cursor: Option<&str>, limit: usize) -> Result<(Vec<(AccountId, DesiredAccount)>, Option<String>), AdapterError>;
+    async fn search(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(AccountId, DesiredAccount)>, Option<String>), AdapterError>;
 }
 
 #[cfg(test)]

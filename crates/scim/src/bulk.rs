@@ -57,9 +57,7 @@ pub fn count_ops(body: &Value) -> usize {
 
 pub fn parse(body: Value) -> Result<BulkRequest> {
     let Value::Object(mut body) = body else {
-        return Err(ProtocolError::InvalidSyntax(
-            "a Bulk body must be a JSON object".into(),
-        ));
+        return Err(ProtocolError::InvalidSyntax("a Bulk body must be a JSON object".into()));
     };
     let take = |body: &mut Map<String, Value>, name: &str| {
         let key = body.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned();
@@ -67,10 +65,8 @@ pub fn parse(body: Value) -> Result<BulkRequest> {
     };
     let schemas = take(&mut body, "schemas");
     if !schemas.as_ref().and_then(Value::as_array).is_some_and(|s| {
-        s.iter().any(|u| {
-            u.as_str()
-                .is_some_and(|u| u.eq_ignore_ascii_case(BULK_REQUEST_URN))
-        })
+        s.iter()
+            .any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(BULK_REQUEST_URN)))
     }) {
         return Err(ProtocolError::InvalidSyntax(format!(
             "schemas must be [\"{BULK_REQUEST_URN}\"]"
@@ -93,17 +89,13 @@ pub fn parse(body: Value) -> Result<BulkRequest> {
         }
     };
     let Some(Value::Array(raw)) = take(&mut body, "Operations") else {
-        return Err(ProtocolError::InvalidSyntax(
-            "Operations must be an array".into(),
-        ));
+        return Err(ProtocolError::InvalidSyntax("Operations must be an array".into()));
     };
     let mut ops = Vec::with_capacity(raw.len());
     let mut seen = BTreeSet::new();
     for (i, op) in raw.into_iter().enumerate() {
         let Value::Object(mut op) = op else {
-            return Err(ProtocolError::InvalidSyntax(format!(
-                "operation {i} must be an object"
-            )));
+            return Err(ProtocolError::InvalidSyntax(format!("operation {i} must be an object")));
         };
         let method = match take(&mut op, "method")
             .as_ref()
@@ -132,9 +124,8 @@ pub fn parse(body: Value) -> Result<BulkRequest> {
         };
         let bulk_id = str_field(&mut op, "bulkId")?;
         let version = str_field(&mut op, "version")?;
-        let path = str_field(&mut op, "path")?.ok_or_else(|| {
-            ProtocolError::InvalidSyntax(format!("operation {i}: path is required"))
-        })?;
+        let path = str_field(&mut op, "path")?
+            .ok_or_else(|| ProtocolError::InvalidSyntax(format!("operation {i}: path is required")))?;
         let data = take(&mut op, "data");
         if method == Method::Post && bulk_id.is_none() {
             return Err(ProtocolError::InvalidSyntax(format!(
@@ -144,9 +135,7 @@ pub fn parse(body: Value) -> Result<BulkRequest> {
         if let Some(b) = &bulk_id
             && !seen.insert(b.clone())
         {
-            return Err(ProtocolError::InvalidSyntax(format!(
-                "bulkId {b} is used twice"
-            )));
+            return Err(ProtocolError::InvalidSyntax(format!("bulkId {b} is used twice")));
         }
         if matches!(method, Method::Post | Method::Put | Method::Patch) && data.is_none() {
             return Err(ProtocolError::InvalidSyntax(format!(
@@ -162,10 +151,7 @@ pub fn parse(body: Value) -> Result<BulkRequest> {
             data,
         });
     }
-    Ok(BulkRequest {
-        fail_on_errors,
-        ops,
-    })
+    Ok(BulkRequest { fail_on_errors, ops })
 }
 
 const PREFIX: &str = "bulkId:";
@@ -224,11 +210,7 @@ pub fn order(ops: &[BulkOp]) -> (Vec<usize>, Vec<usize>) {
         .collect();
     let self_ref: Vec<bool> = ops
         .iter()
-        .map(|o| {
-            o.bulk_id
-                .as_ref()
-                .is_some_and(|b| references(o).contains(b))
-        })
+        .map(|o| o.bulk_id.as_ref().is_some_and(|b| references(o).contains(b)))
         .collect();
     let mut done = vec![false; ops.len()];
     let mut out = Vec::with_capacity(ops.len());
@@ -269,10 +251,7 @@ pub fn substitute(v: &mut Value, ids: &HashMap<String, String>) -> std::result::
 }
 
 /// The same for a path string.
-pub fn substitute_path(
-    path: &str,
-    ids: &HashMap<String, String>,
-) -> std::result::Result<String, String> {
+pub fn substitute_path(path: &str, ids: &HashMap<String, String>) -> std::result::Result<String, String> {
     let mut v = Value::String(path.to_string());
     substitute(&mut v, ids)?;
     Ok(match v {
@@ -331,14 +310,8 @@ mod tests {
         let mut v = json!({"a": [{"b": {"value": "bulkId:u"}}]});
         substitute(&mut v, &ids).expect("known id");
         assert_eq!(v, json!({"a": [{"b": {"value": "123"}}]}));
-        assert_eq!(
-            substitute_path("/Users/bulkId:u", &ids).as_deref(),
-            Ok("/Users/123")
-        );
-        assert_eq!(
-            substitute_path("/Users/bulkId:zz", &ids),
-            Err("zz".to_string())
-        );
+        assert_eq!(substitute_path("/Users/bulkId:u", &ids).as_deref(), Ok("/Users/123"));
+        assert_eq!(substitute_path("/Users/bulkId:zz", &ids), Err("zz".to_string()));
     }
 
     #[test]
@@ -349,7 +322,8 @@ mod tests {
         assert_eq!(req.fail_on_errors, Some(1));
         assert_eq!(req.ops[0].method, Method::Post);
         assert!(parse(json!({"Operations": []})).is_err());
-        let no_bulk_id = json!({"schemas": [BULK_REQUEST_URN], "Operations": [{"method": "POST", "path": "/Users", "data": {}}]});
+        let no_bulk_id =
+            json!({"schemas": [BULK_REQUEST_URN], "Operations": [{"method": "POST", "path": "/Users", "data": {}}]});
         assert!(parse(no_bulk_id).is_err());
     }
 }

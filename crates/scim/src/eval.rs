@@ -24,12 +24,7 @@ pub fn resolve(reg: &Registry, kind: ResourceKind, f: Filter) -> Result<Filter> 
     resolve_in(reg, kind, None, f)
 }
 
-fn resolve_in(
-    reg: &Registry,
-    kind: ResourceKind,
-    parent: Option<&Resolved<'_>>,
-    f: Filter,
-) -> Result<Filter> {
+fn resolve_in(reg: &Registry, kind: ResourceKind, parent: Option<&Resolved<'_>>, f: Filter) -> Result<Filter> {
     Ok(match f {
         Filter::And(a, b) => Filter::And(
             Box::new(resolve_in(reg, kind, parent, *a)?),
@@ -102,15 +97,10 @@ fn coerce_value(r: &Resolved<'_>, op: CompareOp, value: CompValue) -> Result<Com
     let bad = |msg: String| ProtocolError::InvalidFilter(msg);
     let name = r.to_path();
     if matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) && !leaf.kind.is_stringy() {
-        return Err(bad(format!(
-            "{} cannot be used on {name} ({:?})",
-            op, leaf.kind
-        )));
+        return Err(bad(format!("{} cannot be used on {name} ({:?})", op, leaf.kind)));
     }
-    if matches!(
-        op,
-        CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le
-    ) && matches!(leaf.kind, AttrType::Boolean | AttrType::Binary)
+    if matches!(op, CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le)
+        && matches!(leaf.kind, AttrType::Boolean | AttrType::Binary)
     {
         return Err(bad(format!("{op} cannot be used on {name}")));
     }
@@ -165,9 +155,7 @@ pub fn matches(reg: &Registry, kind: ResourceKind, f: &Filter, doc: &Map<String,
         Filter::And(a, b) => matches(reg, kind, a, doc) && matches(reg, kind, b, doc),
         Filter::Or(a, b) => matches(reg, kind, a, doc) || matches(reg, kind, b, doc),
         Filter::Not(a) => !matches(reg, kind, a, doc),
-        Filter::Present(p) => leaf_values(reg, kind, p, doc)
-            .iter()
-            .any(|(_, v)| present(v)),
+        Filter::Present(p) => leaf_values(reg, kind, p, doc).iter().any(|(_, v)| present(v)),
         Filter::Compare { path, op, value } => compare_path(reg, kind, path, *op, value, doc),
         Filter::ValuePath { path, filter } => {
             let Some(Target::Attr(r)) = reg.resolve(kind, path) else {
@@ -219,10 +207,7 @@ fn compare_path(
         return false;
     };
     let leaf = compare_attr(&r);
-    let vals: Vec<&Value> = leaf_values(reg, kind, path, doc)
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let vals: Vec<&Value> = leaf_values(reg, kind, path, doc).into_iter().map(|(_, v)| v).collect();
     compare_values(leaf, &vals, op, value)
 }
 
@@ -249,12 +234,10 @@ fn compare_one(attr: &Attribute, v: &Value, op: CompareOp, want: &CompValue) -> 
                 _ => None,
             }
         }
-        (AttrType::DateTime, Value::String(a), CompValue::Str(b)) => {
-            match (parse_datetime(a), parse_datetime(b)) {
-                (Some(a), Some(b)) => Some(a.cmp(&b)),
-                _ => None,
-            }
-        }
+        (AttrType::DateTime, Value::String(a), CompValue::Str(b)) => match (parse_datetime(a), parse_datetime(b)) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            _ => None,
+        },
         (_, Value::String(a), CompValue::Str(b)) => {
             let (a, b) = if attr.case_exact {
                 (a.clone(), b.clone())
@@ -327,11 +310,7 @@ fn leaf_values<'d>(
 }
 
 /// The elements of an attribute in a document (one element for a singular attribute).
-pub fn element_values<'d>(
-    home: Home<'_>,
-    attr: &Attribute,
-    doc: &'d Map<String, Value>,
-) -> Vec<&'d Value> {
+pub fn element_values<'d>(home: Home<'_>, attr: &Attribute, doc: &'d Map<String, Value>) -> Vec<&'d Value> {
     let container = match home {
         Home::Extension(urn) => match doc.get(urn).and_then(Value::as_object) {
             Some(o) => o,
@@ -348,12 +327,7 @@ pub fn element_values<'d>(
 
 /// A sort key for `sortBy` (RFC 7644 §3.4.2.3): the primary (or first) value of a multi-valued attribute;
 /// strings lower-cased unless caseExact. `None` sorts last in ascending order.
-pub fn sort_key(
-    reg: &Registry,
-    kind: ResourceKind,
-    path: &AttrPath,
-    doc: &Map<String, Value>,
-) -> Option<SortKey> {
+pub fn sort_key(reg: &Registry, kind: ResourceKind, path: &AttrPath, doc: &Map<String, Value>) -> Option<SortKey> {
     let Some(Target::Attr(r)) = reg.resolve(kind, path) else {
         return None;
     };
@@ -369,9 +343,7 @@ pub fn sort_key(
         (None, _) => chosen,
     };
     Some(match (leaf.kind, v) {
-        (AttrType::DateTime, Value::String(s)) => {
-            SortKey::Time(parse_datetime(s)?.timestamp_micros())
-        }
+        (AttrType::DateTime, Value::String(s)) => SortKey::Time(parse_datetime(s)?.timestamp_micros()),
         (_, Value::String(s)) if leaf.case_exact => SortKey::Str(s.clone()),
         (_, Value::String(s)) => SortKey::Str(s.to_lowercase()),
         (_, Value::Number(n)) => SortKey::Num(n.as_f64()?),

@@ -142,9 +142,7 @@ impl CompareOp {
 
     /// Recognises an operator keyword, ignoring ASCII case.
     fn from_keyword(word: &str) -> Option<CompareOp> {
-        Self::ALL
-            .into_iter()
-            .find(|op| word.eq_ignore_ascii_case(op.as_str()))
+        Self::ALL.into_iter().find(|op| word.eq_ignore_ascii_case(op.as_str()))
     }
 }
 
@@ -359,39 +357,21 @@ fn is_urn_char(c: char) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
-            ':' | '-'
-                | '.'
-                | '_'
-                | '+'
-                | ','
-                | '='
-                | '@'
-                | ';'
-                | '$'
-                | '!'
-                | '*'
-                | '\''
-                | '%'
-                | '/'
+            ':' | '-' | '.' | '_' | '+' | ',' | '=' | '@' | ';' | '$' | '!' | '*' | '\'' | '%' | '/'
         )
 }
 
 /// Splits a path word into its URN, attribute and sub-attribute parts.
 /// `offset` is where `word` starts in the input.
 fn split_attr_path(word: &str, offset: usize) -> Result<AttrPath, FilterError> {
-    let is_urn = word
-        .get(..4)
-        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("urn:"));
+    let is_urn = word.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("urn:"));
     let (urn, rest, rest_offset) = if is_urn {
         // `urn:` is ASCII, so index 3 is the colon of the prefix itself; a
         // later colon must separate the URN from the attribute.
-        let colon = word
-            .rfind(':')
-            .filter(|&i| i > 3)
-            .ok_or_else(|| FilterError::Syntax {
-                pos: offset,
-                msg: "schema URN must be followed by ':' and an attribute name".to_owned(),
-            })?;
+        let colon = word.rfind(':').filter(|&i| i > 3).ok_or_else(|| FilterError::Syntax {
+            pos: offset,
+            msg: "schema URN must be followed by ':' and an attribute name".to_owned(),
+        })?;
         let urn = &word[..colon];
         if let Some((i, c)) = urn.char_indices().find(|&(_, c)| !is_urn_char(c)) {
             return Err(FilterError::Syntax {
@@ -507,10 +487,7 @@ impl<'a> Parser<'a> {
     /// First non-whitespace position at or after `at`.
     fn skip_ws_from(&self, at: usize) -> usize {
         let rest = self.rest_from(at);
-        at + (rest.len()
-            - rest
-                .trim_start_matches(|c: char| c.is_ascii_whitespace())
-                .len())
+        at + (rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_whitespace()).len())
     }
 
     fn skip_ws(&mut self) {
@@ -534,10 +511,7 @@ impl<'a> Parser<'a> {
     }
 
     fn syntax(&self, pos: usize, msg: impl Into<String>) -> FilterError {
-        FilterError::Syntax {
-            pos,
-            msg: msg.into(),
-        }
+        FilterError::Syntax { pos, msg: msg.into() }
     }
 
     /// Describes the token at the current position for error messages.
@@ -554,10 +528,7 @@ impl<'a> Parser<'a> {
         let msg = match self.peek() {
             Some(')') => "unbalanced ')'".to_owned(),
             Some(']') => "unbalanced ']'".to_owned(),
-            _ => format!(
-                "expected 'and', 'or' or end of input, found {}",
-                self.describe_here()
-            ),
+            _ => format!("expected 'and', 'or' or end of input, found {}", self.describe_here()),
         };
         self.syntax(self.pos, msg)
     }
@@ -565,9 +536,7 @@ impl<'a> Parser<'a> {
     /// Enters one nesting level, failing before any recursion if too deep.
     fn enter(&mut self) -> Result<(), FilterError> {
         if self.depth >= self.max_depth {
-            return Err(FilterError::TooDeep {
-                max: self.max_depth,
-            });
+            return Err(FilterError::TooDeep { max: self.max_depth });
         }
         self.depth += 1;
         Ok(())
@@ -1050,18 +1019,12 @@ mod tests {
             ok("name.givenName eq \"Bo\""),
             cmp(ap_sub("name", "givenName"), CompareOp::Eq, s("Bo"))
         );
-        assert_eq!(
-            ok("NAME.GivenName pr"),
-            Filter::Present(ap_sub("NAME", "GivenName"))
-        );
+        assert_eq!(ok("NAME.GivenName pr"), Filter::Present(ap_sub("NAME", "GivenName")));
     }
 
     #[test]
     fn filter_dollar_ref_names() {
-        assert_eq!(
-            ok("members.$ref pr"),
-            Filter::Present(ap_sub("members", "$ref"))
-        );
+        assert_eq!(ok("members.$ref pr"), Filter::Present(ap_sub("members", "$ref")));
         assert_eq!(ok("$ref pr"), pr("$ref"));
         assert_eq!(
             ok("x-y_z1$ eq 1"),
@@ -1109,30 +1072,12 @@ mod tests {
 
     #[test]
     fn filter_precedence_and_associativity() {
-        assert_eq!(
-            ok("a pr or b pr and c pr"),
-            or(pr("a"), and(pr("b"), pr("c")))
-        );
-        assert_eq!(
-            ok("a pr and b pr or c pr"),
-            or(and(pr("a"), pr("b")), pr("c"))
-        );
-        assert_eq!(
-            ok("a pr and b pr and c pr"),
-            and(and(pr("a"), pr("b")), pr("c"))
-        );
-        assert_eq!(
-            ok("a pr or b pr or c pr"),
-            or(or(pr("a"), pr("b")), pr("c"))
-        );
-        assert_eq!(
-            ok("(a pr or b pr) and c pr"),
-            and(or(pr("a"), pr("b")), pr("c"))
-        );
-        assert_eq!(
-            ok("a pr and (b pr and c pr)"),
-            and(pr("a"), and(pr("b"), pr("c")))
-        );
+        assert_eq!(ok("a pr or b pr and c pr"), or(pr("a"), and(pr("b"), pr("c"))));
+        assert_eq!(ok("a pr and b pr or c pr"), or(and(pr("a"), pr("b")), pr("c")));
+        assert_eq!(ok("a pr and b pr and c pr"), and(and(pr("a"), pr("b")), pr("c")));
+        assert_eq!(ok("a pr or b pr or c pr"), or(or(pr("a"), pr("b")), pr("c")));
+        assert_eq!(ok("(a pr or b pr) and c pr"), and(or(pr("a"), pr("b")), pr("c")));
+        assert_eq!(ok("a pr and (b pr and c pr)"), and(pr("a"), and(pr("b"), pr("c"))));
         assert_eq!(ok("not (a pr) and b pr"), and(not(pr("a")), pr("b")));
         assert_eq!(ok("((a pr))"), pr("a"));
         assert_eq!(ok("not(a pr)"), not(pr("a")));
@@ -1148,10 +1093,7 @@ mod tests {
 
     #[test]
     fn filter_keywords_as_attribute_names() {
-        assert_eq!(
-            ok("not eq 1"),
-            cmp(ap("not"), CompareOp::Eq, CompValue::Num(1.into()))
-        );
+        assert_eq!(ok("not eq 1"), cmp(ap("not"), CompareOp::Eq, CompValue::Num(1.into())));
         assert_eq!(ok("and pr and or pr"), and(pr("and"), pr("or")));
         assert_eq!(ok("pr pr"), pr("pr"));
         assert_eq!(ok("not[eq pr]"), vp("not", pr("eq")));
@@ -1219,16 +1161,10 @@ mod tests {
                 )
             )
         );
-        assert_eq!(
-            f.to_string(),
-            r#"emails[type eq "work" and value eq "a@b.com"]"#
-        );
+        assert_eq!(f.to_string(), r#"emails[type eq "work" and value eq "a@b.com"]"#);
         assert_eq!(
             ok(r#"emails[type eq "work"].value pr"#),
-            vp(
-                "emails",
-                and(cmp(ap("type"), CompareOp::Eq, s("work")), pr("value"))
-            )
+            vp("emails", and(cmp(ap("type"), CompareOp::Eq, s("work")), pr("value")))
         );
         // The folded comparison binds to the whole bracket filter.
         let f = ok(r#"emails[type eq "a" or type eq "b"].value eq x and active eq true"#);
@@ -1426,16 +1362,12 @@ mod tests {
         };
         assert_eq!(
             parse_filter(&text, &careless),
-            Err(FilterError::TooDeep {
-                max: HARD_MAX_DEPTH
-            })
+            Err(FilterError::TooDeep { max: HARD_MAX_DEPTH })
         );
         let nots = format!("{}a pr{}", "not (".repeat(n), ")".repeat(n));
         assert_eq!(
             parse_filter(&nots, &careless),
-            Err(FilterError::TooDeep {
-                max: HARD_MAX_DEPTH
-            })
+            Err(FilterError::TooDeep { max: HARD_MAX_DEPTH })
         );
         // With default limits the length check fires first.
         assert!(matches!(
@@ -1456,10 +1388,7 @@ mod tests {
             ok("(a pr or b pr) and (c pr and d pr)").to_string(),
             "(a pr or b pr) and (c pr and d pr)"
         );
-        assert_eq!(
-            ok("a pr or (b pr or c pr)").to_string(),
-            "a pr or (b pr or c pr)"
-        );
+        assert_eq!(ok("a pr or (b pr or c pr)").to_string(), "a pr or (b pr or c pr)");
         assert_eq!(
             ok("(a pr and b pr) or (c pr and d pr)").to_string(),
             "a pr and b pr or c pr and d pr"
@@ -1612,20 +1541,17 @@ mod tests {
 
     /// Floats that survive a trip through serde_json's text form.
     fn float_strategy() -> impl Strategy<Value = serde_json::Number> {
-        (any::<i32>(), 0i32..25, any::<bool>()).prop_filter_map(
-            "not round-trippable",
-            |(m, k, big)| {
-                let scale = 10f64.powi(k);
-                let v = if big {
-                    f64::from(m) * scale
-                } else {
-                    f64::from(m) / scale
-                };
-                let n = serde_json::Number::from_f64(v)?;
-                let back: serde_json::Number = serde_json::from_str(&n.to_string()).ok()?;
-                (back == n).then_some(n)
-            },
-        )
+        (any::<i32>(), 0i32..25, any::<bool>()).prop_filter_map("not round-trippable", |(m, k, big)| {
+            let scale = 10f64.powi(k);
+            let v = if big {
+                f64::from(m) * scale
+            } else {
+                f64::from(m) / scale
+            };
+            let n = serde_json::Number::from_f64(v)?;
+            let back: serde_json::Number = serde_json::from_str(&n.to_string()).ok()?;
+            (back == n).then_some(n)
+        })
     }
 
     fn value_strategy() -> impl Strategy<Value = CompValue> {
@@ -1647,31 +1573,29 @@ mod tests {
     /// Filters over `paths`; with `value_paths`, leaves may be value paths
     /// whose inner filters use plain names only.
     fn filter_strategy(paths: BoxedStrategy<AttrPath>, value_paths: bool) -> BoxedStrategy<Filter> {
-        let compare = (paths.clone(), op_strategy(), value_strategy())
-            .prop_map(|(path, op, value)| Filter::Compare { path, op, value });
+        let compare = (paths.clone(), op_strategy(), value_strategy()).prop_map(|(path, op, value)| Filter::Compare {
+            path,
+            op,
+            value,
+        });
         let present = paths.prop_map(Filter::Present);
         let leaf = if value_paths {
             let inner = filter_strategy(plain_path_strategy().boxed(), false);
-            let value_path = (prop::option::of(urn_strategy()), name_strategy(), inner).prop_map(
-                |(urn, attr, filter)| Filter::ValuePath {
-                    path: AttrPath {
-                        urn,
-                        attr,
-                        sub: None,
-                    },
-                    filter: Box::new(filter),
-                },
-            );
+            let value_path =
+                (prop::option::of(urn_strategy()), name_strategy(), inner).prop_map(|(urn, attr, filter)| {
+                    Filter::ValuePath {
+                        path: AttrPath { urn, attr, sub: None },
+                        filter: Box::new(filter),
+                    }
+                });
             prop_oneof![compare, present, value_path].boxed()
         } else {
             prop_oneof![compare, present].boxed()
         };
         leaf.prop_recursive(4, 24, 2, |inner| {
             prop_oneof![
-                (inner.clone(), inner.clone())
-                    .prop_map(|(l, r)| Filter::And(Box::new(l), Box::new(r))),
-                (inner.clone(), inner.clone())
-                    .prop_map(|(l, r)| Filter::Or(Box::new(l), Box::new(r))),
+                (inner.clone(), inner.clone()).prop_map(|(l, r)| Filter::And(Box::new(l), Box::new(r))),
+                (inner.clone(), inner.clone()).prop_map(|(l, r)| Filter::Or(Box::new(l), Box::new(r))),
                 inner.prop_map(|f| Filter::Not(Box::new(f))),
             ]
         })
@@ -1691,11 +1615,7 @@ mod tests {
             prop::option::of(name_strategy()),
         )
             .prop_map(|(urn, attr, filter, sub)| PatchPath {
-                attr: AttrPath {
-                    urn,
-                    attr,
-                    sub: None,
-                },
+                attr: AttrPath { urn, attr, sub: None },
                 filter: Some(filter),
                 sub,
             });

@@ -27,8 +27,7 @@ pub mod urn {
     pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
     pub const SEARCH_REQUEST: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
     pub const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
-    pub const SERVICE_PROVIDER_CONFIG: &str =
-        "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig";
+    pub const SERVICE_PROVIDER_CONFIG: &str = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig";
     pub const RESOURCE_TYPE: &str = "urn:ietf:params:scim:schemas:core:2.0:ResourceType";
     pub const SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Schema";
 }

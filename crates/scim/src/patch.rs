@@ -23,13 +23,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{ProtocolError, Result};
 use crate::eval::matches_element;
-use crate::filter::{
-    AttrPath, CompValue, CompareOp, Filter, FilterLimits, PatchPath, parse_patch_path,
-};
+use crate::filter::{AttrPath, CompValue, CompareOp, Filter, FilterLimits, PatchPath, parse_patch_path};
 use crate::resource::coerce_attr;
-use crate::schema::{
-    AttrType, Attribute, Home, Mutability, Registry, ResourceKind, Schema, Target,
-};
+use crate::schema::{AttrType, Attribute, Home, Mutability, Registry, ResourceKind, Schema, Target};
 
 pub const PATCH_OP_URN: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
@@ -54,17 +50,11 @@ pub fn parse_request(body: Value, limits: &FilterLimits, max_ops: usize) -> Resu
             "a PATCH body must be a JSON object".into(),
         ));
     };
-    let get = |name: &str| {
-        body.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
+    let get = |name: &str| body.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
     let schemas = get("schemas").and_then(Value::as_array);
     if !schemas.is_some_and(|s| {
-        s.iter().any(|u| {
-            u.as_str()
-                .is_some_and(|u| u.eq_ignore_ascii_case(PATCH_OP_URN))
-        })
+        s.iter()
+            .any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(PATCH_OP_URN)))
     }) {
         return Err(ProtocolError::InvalidSyntax(format!(
             "schemas must be [\"{PATCH_OP_URN}\"]"
@@ -88,11 +78,7 @@ fn parse_op(o: &Value, limits: &FilterLimits) -> Result<PatchOp> {
     let o = o
         .as_object()
         .ok_or_else(|| ProtocolError::InvalidSyntax("each operation must be an object".into()))?;
-    let get = |name: &str| {
-        o.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
+    let get = |name: &str| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
     let op = match get("op")
         .and_then(Value::as_str)
         .map(str::to_ascii_lowercase)
@@ -102,24 +88,18 @@ fn parse_op(o: &Value, limits: &FilterLimits) -> Result<PatchOp> {
         Some("replace") => OpKind::Replace,
         Some("remove") => OpKind::Remove,
         _ => {
-            return Err(ProtocolError::InvalidSyntax(
-                "op must be add, replace or remove".into(),
-            ));
+            return Err(ProtocolError::InvalidSyntax("op must be add, replace or remove".into()));
         }
     };
     let path = match get("path") {
         None | Some(Value::Null) => None,
         Some(Value::String(p)) if p.trim().is_empty() => None,
-        Some(Value::String(p)) => {
-            Some(parse_patch_path(p.trim(), limits).map_err(ProtocolError::path)?)
-        }
+        Some(Value::String(p)) => Some(parse_patch_path(p.trim(), limits).map_err(ProtocolError::path)?),
         Some(_) => return Err(ProtocolError::InvalidPath("path must be a string".into())),
     };
     let value = get("value").cloned();
     if op != OpKind::Remove && value.is_none() {
-        return Err(ProtocolError::InvalidValue(
-            "add and replace need a value".into(),
-        ));
+        return Err(ProtocolError::InvalidValue("add and replace need a value".into()));
     }
     if op == OpKind::Remove && path.is_none() {
         return Err(ProtocolError::NoTarget("remove needs a path".into()));
@@ -151,9 +131,8 @@ pub fn apply(
                         continue;
                     }
                     let limits = FilterLimits::default();
-                    let path = parse_patch_path(&key, &limits).map_err(|_| {
-                        ProtocolError::InvalidValue(format!("{key:?} is not an attribute name"))
-                    })?;
+                    let path = parse_patch_path(&key, &limits)
+                        .map_err(|_| ProtocolError::InvalidValue(format!("{key:?} is not an attribute name")))?;
                     if path.filter.is_some() {
                         return Err(ProtocolError::InvalidValue(format!(
                             "{key:?}: value keys cannot hold filters"
@@ -181,9 +160,10 @@ impl Cx<'_> {
         path: &PatchPath,
         value: Option<Value>,
     ) -> Result<()> {
-        let target = self.reg.resolve(self.kind, &path.attr).ok_or_else(|| {
-            ProtocolError::InvalidPath(format!("unknown attribute {}", path.attr))
-        })?;
+        let target = self
+            .reg
+            .resolve(self.kind, &path.attr)
+            .ok_or_else(|| ProtocolError::InvalidPath(format!("unknown attribute {}", path.attr)))?;
         let r = match target {
             Target::Extension(schema) => return self.apply_extension(doc, op, schema, path, value),
             Target::Attr(r) => r,
@@ -195,44 +175,36 @@ impl Cx<'_> {
                 _ => Err(ProtocolError::Mutability("id is readOnly".into())),
             };
         }
-        if r.attr.mutability == Mutability::ReadOnly
-            || r.sub.is_some_and(|s| s.mutability == Mutability::ReadOnly)
-        {
-            return Err(ProtocolError::Mutability(format!(
-                "{} is readOnly",
-                path.attr
-            )));
+        if r.attr.mutability == Mutability::ReadOnly || r.sub.is_some_and(|s| s.mutability == Mutability::ReadOnly) {
+            return Err(ProtocolError::Mutability(format!("{} is readOnly", path.attr)));
         }
         let container = match r.home {
             Home::Extension(urn) => {
-                let entry = doc
-                    .entry(urn.to_string())
-                    .or_insert_with(|| Value::Object(Map::new()));
+                let entry = doc.entry(urn.to_string()).or_insert_with(|| Value::Object(Map::new()));
                 match entry {
                     Value::Object(m) => m,
                     _ => {
-                        return Err(ProtocolError::InvalidValue(format!(
-                            "{urn} must be an object"
-                        )));
+                        return Err(ProtocolError::InvalidValue(format!("{urn} must be an object")));
                     }
                 }
             }
             _ => &mut *doc,
         };
-        let sub =
-            match (&path.filter, &path.sub, r.sub) {
-                (Some(_), Some(s), None) => Some(r.attr.sub(s).ok_or_else(|| {
-                    ProtocolError::InvalidPath(format!("unknown sub-attribute {s}"))
-                })?),
-                (Some(_), None, None) => None,
-                (None, None, s) => s,
-                _ => {
-                    return Err(ProtocolError::InvalidPath(format!(
-                        "{} is not a valid path",
-                        path_text(path)
-                    )));
-                }
-            };
+        let sub = match (&path.filter, &path.sub, r.sub) {
+            (Some(_), Some(s), None) => Some(
+                r.attr
+                    .sub(s)
+                    .ok_or_else(|| ProtocolError::InvalidPath(format!("unknown sub-attribute {s}")))?,
+            ),
+            (Some(_), None, None) => None,
+            (None, None, s) => s,
+            _ => {
+                return Err(ProtocolError::InvalidPath(format!(
+                    "{} is not a valid path",
+                    path_text(path)
+                )));
+            }
+        };
         if let Some(s) = sub
             && s.mutability == Mutability::ReadOnly
         {
@@ -266,10 +238,7 @@ impl Cx<'_> {
             },
         };
         if let Home::Extension(urn) = r.home
-            && doc
-                .get(urn)
-                .and_then(Value::as_object)
-                .is_some_and(Map::is_empty)
+            && doc.get(urn).and_then(Value::as_object).is_some_and(Map::is_empty)
         {
             doc.remove(urn);
         }
@@ -339,12 +308,7 @@ fn need(value: Option<Value>) -> Result<Value> {
 }
 
 /// add/replace/remove of a whole attribute.
-fn on_attr(
-    container: &mut Map<String, Value>,
-    op: OpKind,
-    attr: &Attribute,
-    value: Option<Value>,
-) -> Result<()> {
+fn on_attr(container: &mut Map<String, Value>, op: OpKind, attr: &Attribute, value: Option<Value>) -> Result<()> {
     match op {
         OpKind::Remove => {
             match (attr.multi_valued, value) {
@@ -381,17 +345,13 @@ fn on_attr(
                         .entry(attr.name.clone())
                         .or_insert_with(|| Value::Array(vec![]));
                     let Value::Array(items) = entry else {
-                        return Err(ProtocolError::InvalidValue(format!(
-                            "{} is not a list",
-                            attr.name
-                        )));
+                        return Err(ProtocolError::InvalidValue(format!("{} is not a list", attr.name)));
                     };
                     for n in new {
                         if is_primary(&n) {
                             clear_primary(items);
                         }
-                        if let Some(existing) = items.iter_mut().find(|i| same_element(attr, i, &n))
-                        {
+                        if let Some(existing) = items.iter_mut().find(|i| same_element(attr, i, &n)) {
                             *existing = n;
                         } else {
                             items.push(n);
@@ -497,10 +457,7 @@ fn filtered(
     let hits: Vec<usize> = items
         .iter()
         .enumerate()
-        .filter(|(_, el)| {
-            el.as_object()
-                .is_some_and(|o| matches_element(attr, filter, o))
-        })
+        .filter(|(_, el)| el.as_object().is_some_and(|o| matches_element(attr, filter, o)))
         .map(|(i, _)| i)
         .collect();
     if hits.is_empty() {
@@ -531,9 +488,7 @@ fn filtered(
         }
         OpKind::Add | OpKind::Replace => {
             let Some(v) = coerced else { return Ok(()) };
-            if sub.is_none() && is_primary(&v)
-                || sub.is_some_and(|s| s.name == "primary") && v == Value::Bool(true)
-            {
+            if sub.is_none() && is_primary(&v) || sub.is_some_and(|s| s.name == "primary") && v == Value::Bool(true) {
                 clear_primary(items);
             }
             for i in hits {
@@ -578,10 +533,7 @@ fn create_for_filter(
         }
         (None, Value::Object(o)) => element.extend(o),
         (None, _) => {
-            return Err(ProtocolError::InvalidValue(format!(
-                "{} values are objects",
-                attr.name
-            )));
+            return Err(ProtocolError::InvalidValue(format!("{} values are objects", attr.name)));
         }
     }
     let entry = container
@@ -648,10 +600,7 @@ fn same_element(attr: &Attribute, a: &Value, b: &Value) -> bool {
                 x.eq_ignore_ascii_case(y) && a.get("type") == b.get("type")
             }
             (Some(x), Some(y)) => {
-                x == y
-                    && (a.get("type") == b.get("type")
-                        || a.get("type").is_none()
-                        || b.get("type").is_none())
+                x == y && (a.get("type") == b.get("type") || a.get("type").is_none() || b.get("type").is_none())
             }
             _ => a == b,
         }
@@ -689,9 +638,7 @@ pub fn split_members(reg: &Registry, ops: Vec<PatchOp>) -> Result<(Vec<MemberOp>
     let is_members = |p: &AttrPath| {
         p.attr.eq_ignore_ascii_case("members")
             && p.sub.is_none()
-            && p.urn
-                .as_deref()
-                .is_none_or(|u| u.eq_ignore_ascii_case(&rt.core.id))
+            && p.urn.as_deref().is_none_or(|u| u.eq_ignore_ascii_case(&rt.core.id))
     };
     let mut member_ops = Vec::new();
     let mut rest = Vec::new();
@@ -712,10 +659,7 @@ pub fn split_members(reg: &Registry, ops: Vec<PatchOp>) -> Result<(Vec<MemberOp>
                         "without a path, the value must be an object".into(),
                     ));
                 };
-                let key = value
-                    .keys()
-                    .find(|k| k.eq_ignore_ascii_case("members"))
-                    .cloned();
+                let key = value.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned();
                 if let Some(key) = key
                     && let Some(v) = value.remove(&key)
                 {
@@ -753,12 +697,7 @@ fn member_list(attr: &Attribute, v: Value) -> Result<Vec<Member>> {
     Ok(out)
 }
 
-fn member_op(
-    attr: &Attribute,
-    op: OpKind,
-    filter: Option<Filter>,
-    value: Option<Value>,
-) -> Result<MemberOp> {
+fn member_op(attr: &Attribute, op: OpKind, filter: Option<Filter>, value: Option<Value>) -> Result<MemberOp> {
     match (op, filter) {
         (OpKind::Remove, Some(f)) => Ok(match value_ids(&f) {
             Some(ids) => MemberOp::Remove(ids),
@@ -790,10 +729,7 @@ fn value_ids(f: &Filter) -> Option<Vec<String>> {
             path,
             op: CompareOp::Eq,
             value: CompValue::Str(s),
-        } if path.urn.is_none()
-            && path.sub.is_none()
-            && path.attr.eq_ignore_ascii_case("value") =>
-        {
+        } if path.urn.is_none() && path.sub.is_none() && path.attr.eq_ignore_ascii_case("value") => {
             Some(vec![s.clone()])
         }
         _ => None,
@@ -817,7 +753,10 @@ mod tests {
                 continue;
             }
             let json = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
-            let doc = SchemaDoc { source: p.display().to_string(), json };
+            let doc = SchemaDoc {
+                source: p.display().to_string(),
+                json,
+            };
             if p.ends_with("resource-types.json") {
                 types = Some(doc);
             } else {
@@ -829,9 +768,18 @@ mod tests {
 
     fn run(reg: &Registry, doc: Value, ops: Value) -> Result<Value> {
         let mut doc = normalize(reg, ResourceKind::User, doc, Mode::Create)?;
-        let ops = parse_request(json!({"schemas": [PATCH_OP_URN], "Operations": ops}), &FilterLimits::default(), 100)?;
+        let ops = parse_request(
+            json!({"schemas": [PATCH_OP_URN], "Operations": ops}),
+            &FilterLimits::default(),
+            100,
+        )?;
         apply(reg, ResourceKind::User, "id-1", &mut doc, &ops)?;
-        Ok(Value::Object(normalize(reg, ResourceKind::User, Value::Object(doc), Mode::Replace)?))
+        Ok(Value::Object(normalize(
+            reg,
+            ResourceKind::User,
+            Value::Object(doc),
+            Mode::Replace,
+        )?))
     }
 
     #[test]
@@ -839,25 +787,51 @@ mod tests {
         let reg = registry();
         let base = json!({"userName": "u", "active": true, "emails": [{"value": "h@x", "type": "home"}]});
         // Capitalised op, string boolean.
-        let v = run(&reg, base.clone(), json!([{"op": "Replace", "path": "active", "value": "False"}])).expect("ok");
+        let v = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "Replace", "path": "active", "value": "False"}]),
+        )
+        .expect("ok");
         assert_eq!(v["active"], json!(false));
         // Path-less replace with dotted and URN keys in one object.
-        let v = run(&reg, base.clone(), json!([{"op": "replace", "value": {"name.givenName": "G",
-            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber": "E7"}}]))
+        let v = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "replace", "value": {"name.givenName": "G",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber": "E7"}}]),
+        )
         .expect("ok");
         assert_eq!(v["name"]["givenName"], "G");
         assert_eq!(v[crate::schema::ENTERPRISE_URN]["employeeNumber"], "E7");
         // Manager three ways.
-        for value in [json!("m1"), json!({"value": "m1", "$ref": "../Users/m1"}), json!([{"value": "m1"}])] {
+        for value in [
+            json!("m1"),
+            json!({"value": "m1", "$ref": "../Users/m1"}),
+            json!([{"value": "m1"}]),
+        ] {
             let v = run(&reg, base.clone(), json!([{"op": "Add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager", "value": value}]))
                 .expect("ok");
             assert_eq!(v[crate::schema::ENTERPRISE_URN]["manager"]["value"], "m1");
         }
         // Add through a filter that matches nothing creates the element.
-        let v = run(&reg, base.clone(), json!([{"op": "Add", "path": "emails[type eq \"work\"].value", "value": "w@x"}])).expect("ok");
-        assert_eq!(v["emails"], json!([{"value": "h@x", "type": "home"}, {"type": "work", "value": "w@x"}]));
+        let v = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "Add", "path": "emails[type eq \"work\"].value", "value": "w@x"}]),
+        )
+        .expect("ok");
+        assert_eq!(
+            v["emails"],
+            json!([{"value": "h@x", "type": "home"}, {"type": "work", "value": "w@x"}])
+        );
         // ...and a second Add through the same filter updates it instead of duplicating.
-        let v = run(&reg, v, json!([{"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "w2@x"}])).expect("ok");
+        let v = run(
+            &reg,
+            v,
+            json!([{"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "w2@x"}]),
+        )
+        .expect("ok");
         assert_eq!(v["emails"].as_array().map(Vec::len), Some(2));
         assert_eq!(v["emails"][1]["value"], "w2@x");
     }
@@ -866,11 +840,21 @@ mod tests {
     fn okta_rename_echo_and_mutability() {
         let reg = registry();
         let base = json!({"userName": "u"});
-        let v = run(&reg, base.clone(), json!([{"op": "replace", "value": {"id": "id-1", "displayName": "New"}}])).expect("same id is fine");
+        let v = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "replace", "value": {"id": "id-1", "displayName": "New"}}]),
+        )
+        .expect("same id is fine");
         assert_eq!(v["displayName"], "New");
         let e = run(&reg, base.clone(), json!([{"op": "replace", "value": {"id": "other"}}])).expect_err("other id");
         assert!(matches!(e, ProtocolError::Mutability(_)));
-        let e = run(&reg, base.clone(), json!([{"op": "add", "path": "groups", "value": [{"value": "g"}]}])).expect_err("readOnly");
+        let e = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "add", "path": "groups", "value": [{"value": "g"}]}]),
+        )
+        .expect_err("readOnly");
         assert!(matches!(e, ProtocolError::Mutability(_)));
     }
 
@@ -880,21 +864,50 @@ mod tests {
         let base = json!({"userName": "u", "emails": [
             {"value": "a@x", "type": "work", "primary": true}, {"value": "b@x", "type": "home"}]});
         // A new primary clears the old one.
-        let v = run(&reg, base.clone(), json!([{"op": "add", "path": "emails", "value": [{"value": "c@x", "primary": true}]}])).expect("ok");
-        let primaries: Vec<&Value> = v["emails"].as_array().expect("list").iter().filter(|e| e["primary"] == json!(true)).collect();
+        let v = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "add", "path": "emails", "value": [{"value": "c@x", "primary": true}]}]),
+        )
+        .expect("ok");
+        let primaries: Vec<&Value> = v["emails"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|e| e["primary"] == json!(true))
+            .collect();
         assert_eq!(primaries.len(), 1);
         assert_eq!(primaries[0]["value"], "c@x");
         // Remove through a filter; a filter matching nothing is a no-op.
-        let v = run(&reg, base.clone(), json!([{"op": "remove", "path": "emails[type eq \"home\"]"}])).expect("ok");
+        let v = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "remove", "path": "emails[type eq \"home\"]"}]),
+        )
+        .expect("ok");
         assert_eq!(v["emails"].as_array().map(Vec::len), Some(1));
-        let v = run(&reg, base.clone(), json!([{"op": "remove", "path": "emails[type eq \"other\"]"}])).expect("ok");
+        let v = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "remove", "path": "emails[type eq \"other\"]"}]),
+        )
+        .expect("ok");
         assert_eq!(v["emails"].as_array().map(Vec::len), Some(2));
         // Replace through a non-equality filter that matches nothing is noTarget.
-        let e = run(&reg, base.clone(), json!([{"op": "replace", "path": "emails[value co \"zz\"].type", "value": "x"}])).expect_err("noTarget");
+        let e = run(
+            &reg,
+            base.clone(),
+            json!([{"op": "replace", "path": "emails[value co \"zz\"].type", "value": "x"}]),
+        )
+        .expect_err("noTarget");
         assert!(matches!(e, ProtocolError::NoTarget(_)));
         // Complex replace merges sub-attributes.
-        let v = run(&reg, json!({"userName": "u", "name": {"givenName": "A", "familyName": "B"}}),
-            json!([{"op": "replace", "path": "name", "value": {"givenName": "C"}}])).expect("ok");
+        let v = run(
+            &reg,
+            json!({"userName": "u", "name": {"givenName": "A", "familyName": "B"}}),
+            json!([{"op": "replace", "path": "name", "value": {"givenName": "C"}}]),
+        )
+        .expect("ok");
         assert_eq!(v["name"], json!({"givenName": "C", "familyName": "B"}));
     }
 
@@ -915,11 +928,29 @@ mod tests {
         .expect("parse");
         let (members, rest) = split_members(&reg, ops).expect("split");
         assert_eq!(members.len(), 5);
-        assert_eq!(members[0], MemberOp::Add(vec![Member { value: "u1".into(), kind: None }, Member { value: "u2".into(), kind: Some("User".into()) }]));
+        assert_eq!(
+            members[0],
+            MemberOp::Add(vec![
+                Member {
+                    value: "u1".into(),
+                    kind: None
+                },
+                Member {
+                    value: "u2".into(),
+                    kind: Some("User".into())
+                }
+            ])
+        );
         assert_eq!(members[1], MemberOp::Remove(vec!["u1".into()]));
         assert_eq!(members[2], MemberOp::Remove(vec!["u2".into()]));
         assert!(matches!(members[3], MemberOp::RemoveWhere(_)));
-        assert_eq!(members[4], MemberOp::Replace(vec![Member { value: "u3".into(), kind: None }]));
+        assert_eq!(
+            members[4],
+            MemberOp::Replace(vec![Member {
+                value: "u3".into(),
+                kind: None
+            }])
+        );
         assert_eq!(rest.len(), 2);
     }
 }

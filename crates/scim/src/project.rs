@@ -19,12 +19,7 @@ pub enum Projection {
 
 impl Projection {
     /// From the two query parameters; both at once is `invalidValue`? RFC 7644 lets `attributes` win; we do too.
-    pub fn parse(
-        reg: &Registry,
-        kind: ResourceKind,
-        attributes: Option<&str>,
-        excluded: Option<&str>,
-    ) -> Result<Self> {
+    pub fn parse(reg: &Registry, kind: ResourceKind, attributes: Option<&str>, excluded: Option<&str>) -> Result<Self> {
         let list = |s: &str| -> Result<Vec<AttrPath>> {
             let mut out = Vec::new();
             for item in s.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -59,9 +54,7 @@ impl Projection {
     pub fn may_return(&self, name: &str) -> bool {
         match self {
             Projection::Default => true,
-            Projection::Only(l) => l
-                .iter()
-                .any(|p| p.urn.is_none() && p.attr.eq_ignore_ascii_case(name)),
+            Projection::Only(l) => l.iter().any(|p| p.urn.is_none() && p.attr.eq_ignore_ascii_case(name)),
             Projection::Excluding(l) => !l
                 .iter()
                 .any(|p| p.urn.is_none() && p.sub.is_none() && p.attr.eq_ignore_ascii_case(name)),
@@ -70,12 +63,7 @@ impl Projection {
 }
 
 /// Select what to return from a full canonical document (with id, meta, and derived members/groups).
-pub fn render(
-    reg: &Registry,
-    kind: ResourceKind,
-    doc: &Map<String, Value>,
-    proj: &Projection,
-) -> Value {
+pub fn render(reg: &Registry, kind: ResourceKind, doc: &Map<String, Value>, proj: &Projection) -> Value {
     let rt = reg.rt(kind);
     let mut out = Map::new();
     let schemas: Vec<Value> = rt
@@ -144,10 +132,7 @@ fn select(attr: &Attribute, urn: Option<&str>, v: &Value, proj: &Projection) -> 
     match proj {
         Projection::Default => (attr.returned == Returned::Default).then(|| strip_never(attr, v)),
         Projection::Excluding(l) => {
-            if attr.returned == Returned::Request
-                || l.iter()
-                    .any(|p| named(p, urn, &attr.name) && p.sub.is_none())
-            {
+            if attr.returned == Returned::Request || l.iter().any(|p| named(p, urn, &attr.name) && p.sub.is_none()) {
                 return None;
             }
             let subs: Vec<&str> = l
@@ -185,11 +170,7 @@ fn present_or_none(v: Value) -> Option<Value> {
 }
 
 fn strip_never(attr: &Attribute, v: &Value) -> Value {
-    if attr
-        .sub_attributes
-        .iter()
-        .any(|s| s.returned == Returned::Never)
-    {
+    if attr.sub_attributes.iter().any(|s| s.returned == Returned::Never) {
         filter_subs(attr, v, |s| s.returned != Returned::Never)
     } else {
         v.clone()
@@ -200,10 +181,7 @@ fn filter_subs(attr: &Attribute, v: &Value, keep: impl Fn(&Attribute) -> bool) -
     let pick = |o: &Map<String, Value>| -> Value {
         Value::Object(
             o.iter()
-                .filter(|(k, _)| {
-                    attr.sub(k)
-                        .is_some_and(|s| s.returned != Returned::Never && keep(s))
-                })
+                .filter(|(k, _)| attr.sub(k).is_some_and(|s| s.returned != Returned::Never && keep(s)))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         )

@@ -22,12 +22,7 @@ pub enum Mode {
 
 /// Check and canonicalise a request body. readOnly attributes and unknown schema URNs listed in `schemas` are
 /// ignored; unknown attributes are refused.
-pub fn normalize(
-    reg: &Registry,
-    kind: ResourceKind,
-    body: Value,
-    _mode: Mode,
-) -> Result<Map<String, Value>> {
+pub fn normalize(reg: &Registry, kind: ResourceKind, body: Value, _mode: Mode) -> Result<Map<String, Value>> {
     let rt = reg.rt(kind);
     let Value::Object(body) = body else {
         return Err(ProtocolError::InvalidSyntax(
@@ -42,13 +37,11 @@ pub fn normalize(
         let list = schemas
             .as_array()
             .filter(|a| a.iter().all(Value::is_string))
-            .ok_or_else(|| {
-                ProtocolError::InvalidSyntax("schemas must be an array of URN strings".into())
-            })?;
-        if !list.iter().any(|u| {
-            u.as_str()
-                .is_some_and(|u| u.eq_ignore_ascii_case(&rt.core.id))
-        }) {
+            .ok_or_else(|| ProtocolError::InvalidSyntax("schemas must be an array of URN strings".into()))?;
+        if !list
+            .iter()
+            .any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(&rt.core.id)))
+        {
             return Err(ProtocolError::InvalidSyntax(format!(
                 "schemas must include {}",
                 rt.core.id
@@ -62,19 +55,16 @@ pub fn normalize(
         }
         if let Some(ext) = rt.extension(&key) {
             let Value::Object(inner) = value else {
-                return Err(ProtocolError::InvalidValue(format!(
-                    "{} must be an object",
-                    ext.id
-                )));
+                return Err(ProtocolError::InvalidValue(format!("{} must be an object", ext.id)));
             };
             let mut ext_out = Map::new();
             for (k, v) in inner {
                 if k.eq_ignore_ascii_case("schemas") || v.is_null() {
                     continue;
                 }
-                let attr = ext.attr(&k).ok_or_else(|| {
-                    ProtocolError::InvalidValue(format!("unknown attribute {k} in {}", ext.id))
-                })?;
+                let attr = ext
+                    .attr(&k)
+                    .ok_or_else(|| ProtocolError::InvalidValue(format!("unknown attribute {k} in {}", ext.id)))?;
                 put(&mut ext_out, attr, v)?;
             }
             if !ext_out.is_empty() {
@@ -135,17 +125,11 @@ pub fn coerce_attr(attr: &Attribute, value: Value) -> Result<Option<Value>> {
                 )));
             }
         }
-        return Ok(if out.is_empty() {
-            None
-        } else {
-            Some(Value::Array(out))
-        });
+        return Ok(if out.is_empty() { None } else { Some(Value::Array(out)) });
     }
     let value = match value {
         // Entra sends a singular complex value (the manager) as an array of one.
-        Value::Array(mut items) if attr.kind == AttrType::Complex && items.len() == 1 => {
-            items.remove(0)
-        }
+        Value::Array(mut items) if attr.kind == AttrType::Complex && items.len() == 1 => items.remove(0),
         Value::Array(_) => {
             return Err(ProtocolError::InvalidValue(format!(
                 "{} is single-valued, not a list",
@@ -165,11 +149,10 @@ pub fn coerce_single(attr: &Attribute, value: Value) -> Result<Option<Value>> {
         (AttrType::Complex, Value::Object(inner)) => {
             let mut out = Map::new();
             for (k, v) in inner {
-                let sub = attr.sub(&k).ok_or_else(|| {
-                    ProtocolError::InvalidValue(format!("unknown sub-attribute {}.{k}", attr.name))
-                })?;
-                if sub.mutability == Mutability::ReadOnly && attr.mutability != Mutability::ReadOnly
-                {
+                let sub = attr
+                    .sub(&k)
+                    .ok_or_else(|| ProtocolError::InvalidValue(format!("unknown sub-attribute {}.{k}", attr.name)))?;
+                if sub.mutability == Mutability::ReadOnly && attr.mutability != Mutability::ReadOnly {
                     // e.g. members.display: server-computed; ignored as RFC 7643 §2.2 says.
                     continue;
                 }
@@ -207,12 +190,8 @@ pub fn coerce_single(attr: &Attribute, value: Value) -> Result<Option<Value>> {
         }
         (AttrType::Binary, _) => return Err(bad("a base64 string")),
         (AttrType::Boolean, Value::Bool(b)) => Value::Bool(b),
-        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("true") => {
-            Value::Bool(true)
-        }
-        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("false") => {
-            Value::Bool(false)
-        }
+        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("true") => Value::Bool(true),
+        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("false") => Value::Bool(false),
         (AttrType::Boolean, _) => return Err(bad("a boolean")),
         (AttrType::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Value::Number(n),
         (AttrType::Integer, Value::String(s)) => s
@@ -247,19 +226,13 @@ fn check_required(rt: &ResourceType, doc: &Map<String, Value>) -> Result<()> {
         .filter(|a| a.required && a.mutability != Mutability::ReadOnly)
     {
         if !doc.contains_key(&a.name) {
-            return Err(ProtocolError::InvalidValue(format!(
-                "{} is required",
-                a.name
-            )));
+            return Err(ProtocolError::InvalidValue(format!("{} is required", a.name)));
         }
     }
     for (ext, required) in &rt.extensions {
         let inner = doc.get(&ext.id).and_then(Value::as_object);
         if *required && inner.is_none() {
-            return Err(ProtocolError::InvalidValue(format!(
-                "extension {} is required",
-                ext.id
-            )));
+            return Err(ProtocolError::InvalidValue(format!("extension {} is required", ext.id)));
         }
         if let Some(inner) = inner {
             for a in ext
@@ -287,21 +260,12 @@ pub fn check_immutable(
     new: &Map<String, Value>,
 ) -> Result<()> {
     let rt = reg.rt(kind);
-    let check = |attrs: &[Attribute],
-                 o: Option<&Map<String, Value>>,
-                 n: Option<&Map<String, Value>>|
-     -> Result<()> {
-        for a in attrs
-            .iter()
-            .filter(|a| a.mutability == Mutability::Immutable)
-        {
+    let check = |attrs: &[Attribute], o: Option<&Map<String, Value>>, n: Option<&Map<String, Value>>| -> Result<()> {
+        for a in attrs.iter().filter(|a| a.mutability == Mutability::Immutable) {
             let before = o.and_then(|m| m.get(&a.name));
             let after = n.and_then(|m| m.get(&a.name));
             if before.is_some() && before != after {
-                return Err(ProtocolError::Mutability(format!(
-                    "{} is immutable",
-                    a.name
-                )));
+                return Err(ProtocolError::Mutability(format!("{} is immutable", a.name)));
             }
         }
         Ok(())

@@ -42,10 +42,7 @@ pub enum AttrType {
 impl AttrType {
     /// Whether `co`, `sw` and `ew` apply, and string comparison rules.
     pub fn is_stringy(self) -> bool {
-        matches!(
-            self,
-            AttrType::String | AttrType::Reference | AttrType::Binary
-        )
+        matches!(self, AttrType::String | AttrType::Reference | AttrType::Binary)
     }
 }
 
@@ -109,9 +106,7 @@ pub struct Attribute {
 
 impl Attribute {
     pub fn sub(&self, name: &str) -> Option<&Attribute> {
-        self.sub_attributes
-            .iter()
-            .find(|a| a.name.eq_ignore_ascii_case(name))
+        self.sub_attributes.iter().find(|a| a.name.eq_ignore_ascii_case(name))
     }
 
     fn simple(name: &str, kind: AttrType, mutability: Mutability, returned: Returned) -> Self {
@@ -146,9 +141,7 @@ pub struct Schema {
 
 impl Schema {
     pub fn attr(&self, name: &str) -> Option<&Attribute> {
-        self.attributes
-            .iter()
-            .find(|a| a.name.eq_ignore_ascii_case(name))
+        self.attributes.iter().find(|a| a.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -298,12 +291,22 @@ impl ResourceType {
         };
         let (home, attr) = match schema {
             Some(s) => (home, s.attr(&path.attr)?),
-            None => match common
-                .iter()
-                .find(|a| a.name.eq_ignore_ascii_case(&path.attr))
-            {
+            None => match common.iter().find(|a| a.name.eq_ignore_ascii_case(&path.attr)) {
                 Some(a) => (Home::Common, a),
-                None => (Home::Core, self.core.attr(&path.attr)?),
+                None => match self.core.attr(&path.attr) {
+                    Some(a) => (Home::Core, a),
+                    // RFC 7644 §3.10: an unqualified name may stand for an extension attribute when exactly one
+                    // extension has it (Entra's `manager`).
+                    None => {
+                        let mut hits =
+                            self.extensions.iter().filter_map(|(s, _)| s.attr(&path.attr).map(|a| (s.id.as_str(), a)));
+                        let (urn, a) = hits.next()?;
+                        if hits.next().is_some() {
+                            return None;
+                        }
+                        (Home::Extension(urn), a)
+                    }
+                },
             },
         };
         let sub = match &path.sub {
@@ -315,8 +318,7 @@ impl ResourceType {
 
     /// All schema URNs of this type: core first.
     pub fn urns(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.core.id.as_str())
-            .chain(self.extensions.iter().map(|(s, _)| s.id.as_str()))
+        std::iter::once(self.core.id.as_str()).chain(self.extensions.iter().map(|(s, _)| s.id.as_str()))
     }
 }
 
@@ -336,10 +338,7 @@ pub struct SchemaDoc {
 
 impl Registry {
     /// Build the registry from schema documents and the resource-type list.
-    pub fn build(
-        docs: Vec<SchemaDoc>,
-        resource_types: &SchemaDoc,
-    ) -> Result<Registry, SchemaError> {
+    pub fn build(docs: Vec<SchemaDoc>, resource_types: &SchemaDoc) -> Result<Registry, SchemaError> {
         let mut schemas: Vec<Schema> = Vec::new();
         let mut extends: Vec<(String, Vec<String>, bool)> = Vec::new();
         for doc in docs {
@@ -351,33 +350,19 @@ impl Registry {
             let required = obj.remove("x-scimgate-required");
             obj.remove("schemas");
             obj.remove("meta");
-            let schema: Schema =
-                serde_json::from_value(json).map_err(|e| invalid(&doc.source, e.to_string()))?;
+            let schema: Schema = serde_json::from_value(json).map_err(|e| invalid(&doc.source, e.to_string()))?;
             validate_schema(&doc.source, &schema)?;
-            if schemas
-                .iter()
-                .any(|s| s.id.eq_ignore_ascii_case(&schema.id))
-            {
-                return Err(invalid(
-                    &doc.source,
-                    format!("schema {} is defined twice", schema.id),
-                ));
+            if schemas.iter().any(|s| s.id.eq_ignore_ascii_case(&schema.id)) {
+                return Err(invalid(&doc.source, format!("schema {} is defined twice", schema.id)));
             }
             if let Some(ext_of) = ext_of {
-                let list: Vec<String> = serde_json::from_value(ext_of).map_err(|_| {
-                    invalid(
-                        &doc.source,
-                        "x-scimgate-extends must be a list of resource type ids",
-                    )
-                })?;
+                let list: Vec<String> = serde_json::from_value(ext_of)
+                    .map_err(|_| invalid(&doc.source, "x-scimgate-extends must be a list of resource type ids"))?;
                 let required = match required {
                     None => false,
                     Some(Value::Bool(b)) => b,
                     Some(_) => {
-                        return Err(invalid(
-                            &doc.source,
-                            "x-scimgate-required must be a boolean",
-                        ));
+                        return Err(invalid(&doc.source, "x-scimgate-required must be a boolean"));
                     }
                 };
                 extends.push((schema.id.clone(), list, required));
@@ -408,19 +393,12 @@ impl Registry {
             if !def.schema.eq_ignore_ascii_case(kind.core_urn()) {
                 return Err(invalid(
                     &resource_types.source,
-                    format!(
-                        "resource type {} must use core schema {}",
-                        def.id,
-                        kind.core_urn()
-                    ),
+                    format!("resource type {} must use core schema {}", def.id, kind.core_urn()),
                 ));
             }
             for (urn, list, required) in &extends {
                 if list.iter().any(|t| t == &def.id)
-                    && !def
-                        .schema_extensions
-                        .iter()
-                        .any(|e| e.schema.eq_ignore_ascii_case(urn))
+                    && !def.schema_extensions.iter().any(|e| e.schema.eq_ignore_ascii_case(urn))
                 {
                     def.schema_extensions.push(SchemaExtension {
                         schema: urn.clone(),
@@ -502,10 +480,7 @@ fn validate_schema(src: &str, s: &Schema) -> Result<(), SchemaError> {
     for a in &s.attributes {
         check_attr(src, a, false)?;
         if seen.insert(a.name.to_ascii_lowercase(), ()).is_some() {
-            return Err(invalid(
-                src,
-                format!("attribute {} is defined twice", a.name),
-            ));
+            return Err(invalid(src, format!("attribute {} is defined twice", a.name)));
         }
     }
     Ok(())
@@ -513,15 +488,10 @@ fn validate_schema(src: &str, s: &Schema) -> Result<(), SchemaError> {
 
 fn check_attr(src: &str, a: &Attribute, nested: bool) -> Result<(), SchemaError> {
     let mut chars = a.name.chars();
-    let ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '$')
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '$')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '$');
     if !ok {
-        return Err(invalid(
-            src,
-            format!("attribute name {:?} is not valid", a.name),
-        ));
+        return Err(invalid(src, format!("attribute name {:?} is not valid", a.name)));
     }
     match (a.kind, a.sub_attributes.is_empty()) {
         (AttrType::Complex, true) => {
@@ -533,10 +503,7 @@ fn check_attr(src: &str, a: &Attribute, nested: bool) -> Result<(), SchemaError>
         (AttrType::Complex, false) if nested => {
             return Err(invalid(
                 src,
-                format!(
-                    "complex attribute {} is nested in a complex attribute",
-                    a.name
-                ),
+                format!("complex attribute {} is nested in a complex attribute", a.name),
             ));
         }
         (k, false) if k != AttrType::Complex => {

@@ -40,7 +40,7 @@ CREATE TABLE scim_groups (
     doc                TEXT   NOT NULL,
     PRIMARY KEY (tenant, id)
 );
-CREATE INDEX scim_groups_display_name ON scim_groups (tenant, display_name_lower);
+CREATE UNIQUE INDEX scim_groups_display_name ON scim_groups (tenant, display_name_lower);
 CREATE INDEX scim_groups_external_id ON scim_groups (tenant, external_id);
 CREATE INDEX scim_groups_last_modified ON scim_groups (tenant, last_modified);
 

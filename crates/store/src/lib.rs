@@ -52,6 +52,9 @@ pub struct Write {
     pub doc: Map<String, Value>,
     /// For users: `Some(hash)` sets the password hash, `None` keeps the current one.
     pub password_hash: Option<String>,
+    /// Whether the document differs from the stored one. A replace that changes neither the document nor the
+    /// membership keeps the version and lastModified (an IdP re-push must not invalidate ETags).
+    pub doc_changed: bool,
 }
 
 /// Where a page starts.
@@ -93,12 +96,7 @@ pub trait Store: Send + Sync + 'static {
         w: Write,
         members: &[Member],
     ) -> Result<Stored, StoreError>;
-    async fn get(
-        &self,
-        tenant: &str,
-        kind: ResourceKind,
-        id: &str,
-    ) -> Result<Option<Stored>, StoreError>;
+    async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError>;
     /// Replace the document if the stored version is still `expect`, applying membership changes in the same
     /// transaction. `VersionMismatch` otherwise.
     async fn replace(
@@ -111,27 +109,12 @@ pub trait Store: Send + Sync + 'static {
         members: &[MemberOp],
     ) -> Result<Stored, StoreError>;
     /// Delete, if `expect` is given only at that version.
-    async fn delete(
-        &self,
-        tenant: &str,
-        kind: ResourceKind,
-        id: &str,
-        expect: Option<i64>,
-    ) -> Result<(), StoreError>;
-    async fn query(
-        &self,
-        tenant: &str,
-        kind: ResourceKind,
-        q: &Query<'_>,
-    ) -> Result<Page, StoreError>;
+    async fn delete(&self, tenant: &str, kind: ResourceKind, id: &str, expect: Option<i64>) -> Result<(), StoreError>;
+    async fn query(&self, tenant: &str, kind: ResourceKind, q: &Query<'_>) -> Result<Page, StoreError>;
     /// A group's members.
     async fn members(&self, tenant: &str, group_id: &str) -> Result<Vec<Member>, StoreError>;
     /// The groups a user or group is a direct member of: (id, displayName).
-    async fn groups_of(
-        &self,
-        tenant: &str,
-        member_id: &str,
-    ) -> Result<Vec<(String, String)>, StoreError>;
+    async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

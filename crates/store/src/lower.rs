@@ -156,27 +156,16 @@ fn compare(
     };
     let test = match op {
         CompareOp::Eq | CompareOp::Ne => format!("{c} = {}", b.push(v)),
-        CompareOp::Co => format!(
-            "{c} LIKE {} ESCAPE '\\'",
-            b.push(format!("%{}%", like_escape(&v)))
-        ),
-        CompareOp::Sw => format!(
-            "{c} LIKE {} ESCAPE '\\'",
-            b.push(format!("{}%", like_escape(&v)))
-        ),
-        CompareOp::Ew => format!(
-            "{c} LIKE {} ESCAPE '\\'",
-            b.push(format!("%{}", like_escape(&v)))
-        ),
+        CompareOp::Co => format!("{c} LIKE {} ESCAPE '\\'", b.push(format!("%{}%", like_escape(&v)))),
+        CompareOp::Sw => format!("{c} LIKE {} ESCAPE '\\'", b.push(format!("{}%", like_escape(&v)))),
+        CompareOp::Ew => format!("{c} LIKE {} ESCAPE '\\'", b.push(format!("%{}", like_escape(&v)))),
         CompareOp::Gt => format!("{} > {}", d.ordered(c), b.push(v)),
         CompareOp::Ge => format!("{} >= {}", d.ordered(c), b.push(v)),
         CompareOp::Lt => format!("{} < {}", d.ordered(c), b.push(v)),
         CompareOp::Le => format!("{} <= {}", d.ordered(c), b.push(v)),
     };
     let positive = if wrap {
-        format!(
-            "EXISTS (SELECT 1 FROM scim_user_emails e WHERE e.tenant = r.tenant AND e.user_id = r.id AND {test})"
-        )
+        format!("EXISTS (SELECT 1 FROM scim_user_emails e WHERE e.tenant = r.tenant AND e.user_id = r.id AND {test})")
     } else {
         format!("({c} IS NOT NULL AND {test})")
     };
@@ -188,12 +177,7 @@ fn compare(
 }
 
 /// Split a filter into a SQL prefilter (the lowerable top-level conjuncts) and an in-memory residual.
-pub(crate) fn split(
-    kind: ResourceKind,
-    d: Dialect,
-    f: &Filter,
-    b: &mut Binds,
-) -> (Vec<String>, Option<Filter>) {
+pub(crate) fn split(kind: ResourceKind, d: Dialect, f: &Filter, b: &mut Binds) -> (Vec<String>, Option<Filter>) {
     if let Some(sql) = lower(kind, d, f, b) {
         return (vec![sql], None);
     }

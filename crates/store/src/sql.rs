@@ -43,6 +43,13 @@ fn now() -> String {
     format_datetime(chrono::Utc::now())
 }
 
+fn taken(kind: ResourceKind) -> StoreError {
+    StoreError::Uniqueness(match kind {
+        ResourceKind::User => "userName is already taken".into(),
+        ResourceKind::Group => "a group with this displayName already exists".into(),
+    })
+}
+
 fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -67,15 +74,9 @@ impl SqlStore {
         if dialect == Dialect::Sqlite {
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA busy_timeout = 10000")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA journal_mode = WAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA synchronous = FULL")
-                        .execute(&mut *conn)
-                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
                     sqlx::query("PRAGMA case_sensitive_like = ON")
                         .execute(&mut *conn)
                         .await?;
@@ -83,10 +84,7 @@ impl SqlStore {
                 })
             });
         }
-        let url = if dialect == Dialect::Sqlite
-            && !opts.url.contains("mode=")
-            && !opts.url.contains(":memory:")
-        {
+        let url = if dialect == Dialect::Sqlite && !opts.url.contains("mode=") && !opts.url.contains(":memory:") {
             let sep = if opts.url.contains('?') { '&' } else { '?' };
             format!("{}{sep}mode=rwc", opts.url)
         } else {
@@ -99,8 +97,7 @@ impl SqlStore {
 
     fn row(r: &AnyRow) -> Result<Stored, StoreError> {
         let doc: String = r.try_get("doc")?;
-        let doc: Map<String, Value> =
-            serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let doc: Map<String, Value> = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Stored {
             id: r.try_get("id")?,
             version: r.try_get("version")?,
@@ -126,17 +123,8 @@ impl SqlStore {
             .execute(&mut **tx)
             .await?;
         let mut seen = Vec::new();
-        for e in doc
-            .get("emails")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(v) = e
-                .get("value")
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-            {
+        for e in doc.get("emails").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(v) = e.get("value").and_then(Value::as_str).filter(|v| !v.is_empty()) {
                 let v = v.to_lowercase();
                 if seen.contains(&v) {
                     continue;
@@ -159,7 +147,8 @@ impl SqlStore {
         tenant: &str,
         group_id: &str,
         members: &[Member],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let mut added = 0;
         for m in members {
             let found: Option<String> = sqlx::query_scalar(
                 "SELECT 'User' FROM scim_users WHERE tenant = $1 AND id = $2 \
@@ -170,10 +159,7 @@ impl SqlStore {
             .fetch_optional(&mut **tx)
             .await?;
             let Some(kind) = found else {
-                return Err(StoreError::InvalidMember(format!(
-                    "member {} does not exist",
-                    m.value
-                )));
+                return Err(StoreError::InvalidMember(format!("member {} does not exist", m.value)));
             };
             if let Some(want) = &m.kind
                 && !want.eq_ignore_ascii_case(&kind)
@@ -184,11 +170,9 @@ impl SqlStore {
                 )));
             }
             if m.value == group_id {
-                return Err(StoreError::InvalidMember(
-                    "a group cannot be a member of itself".into(),
-                ));
+                return Err(StoreError::InvalidMember("a group cannot be a member of itself".into()));
             }
-            sqlx::query(
+            let done = sqlx::query(
                 "INSERT INTO scim_group_members (tenant, group_id, member_id, member_type) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT DO NOTHING",
             )
@@ -198,39 +182,47 @@ impl SqlStore {
             .bind(&kind)
             .execute(&mut **tx)
             .await?;
+            added += done.rows_affected();
         }
-        Ok(())
+        Ok(added)
     }
 
+    /// Apply membership changes; returns how many rows changed. `Replace` deletes and inserts only the
+    /// difference, so re-sending the same list changes nothing.
     async fn apply_member_ops(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         tenant: &str,
         group_id: &str,
         ops: &[MemberOp],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let mut changed = 0;
         for op in ops {
             match op {
-                MemberOp::Add(list) => Self::add_members(tx, tenant, group_id, list).await?,
+                MemberOp::Add(list) => changed += Self::add_members(tx, tenant, group_id, list).await?,
                 MemberOp::Replace(list) => {
-                    sqlx::query(
-                        "DELETE FROM scim_group_members WHERE tenant = $1 AND group_id = $2",
+                    let current: Vec<String> = sqlx::query_scalar(
+                        "SELECT member_id FROM scim_group_members WHERE tenant = $1 AND group_id = $2",
                     )
                     .bind(tenant)
                     .bind(group_id)
-                    .execute(&mut **tx)
+                    .fetch_all(&mut **tx)
                     .await?;
-                    Self::add_members(tx, tenant, group_id, list).await?;
+                    let wanted: std::collections::HashSet<&str> = list.iter().map(|m| m.value.as_str()).collect();
+                    let gone: Vec<String> = current
+                        .iter()
+                        .filter(|c| !wanted.contains(c.as_str()))
+                        .cloned()
+                        .collect();
+                    changed += Self::remove_members(tx, tenant, group_id, &gone).await?;
+                    let have: std::collections::HashSet<&str> = current.iter().map(String::as_str).collect();
+                    let new: Vec<Member> = list
+                        .iter()
+                        .filter(|m| !have.contains(m.value.as_str()))
+                        .cloned()
+                        .collect();
+                    changed += Self::add_members(tx, tenant, group_id, &new).await?;
                 }
-                MemberOp::Remove(ids) => {
-                    for id in ids {
-                        sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND group_id = $2 AND member_id = $3")
-                            .bind(tenant)
-                            .bind(group_id)
-                            .bind(id)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                }
+                MemberOp::Remove(ids) => changed += Self::remove_members(tx, tenant, group_id, ids).await?,
                 MemberOp::RemoveWhere(_) => {
                     return Err(StoreError::InvalidMember(
                         "member filters must be resolved to ids before they reach the store".into(),
@@ -238,7 +230,27 @@ impl SqlStore {
                 }
             }
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    async fn remove_members(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant: &str,
+        group_id: &str,
+        ids: &[String],
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for id in ids {
+            let done =
+                sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND group_id = $2 AND member_id = $3")
+                    .bind(tenant)
+                    .bind(group_id)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+            removed += done.rows_affected();
+        }
+        Ok(removed)
     }
 
     /// Rows in id order after `after`, in chunks, with the SQL prefilter applied.
@@ -292,10 +304,7 @@ impl SqlStore {
         let mut meta = Map::new();
         meta.insert("resourceType".into(), Value::String(kind.as_str().into()));
         meta.insert("created".into(), Value::String(s.created.clone()));
-        meta.insert(
-            "lastModified".into(),
-            Value::String(s.last_modified.clone()),
-        );
+        meta.insert("lastModified".into(), Value::String(s.last_modified.clone()));
         doc.insert("meta".into(), Value::Object(meta));
         if needs_rel {
             match kind {
@@ -305,12 +314,7 @@ impl SqlStore {
                         "members".into(),
                         Value::Array(
                             m.iter()
-                                .map(|m| {
-                                    Value::Object(member_json(
-                                        &m.value,
-                                        m.kind.as_deref().unwrap_or("User"),
-                                    ))
-                                })
+                                .map(|m| Value::Object(member_json(&m.value, m.kind.as_deref().unwrap_or("User"))))
                                 .collect(),
                         ),
                     );
@@ -348,9 +352,7 @@ fn mentions_relations(f: &Filter) -> bool {
     match f {
         Filter::And(a, b) | Filter::Or(a, b) => mentions_relations(a) || mentions_relations(b),
         Filter::Not(a) => mentions_relations(a),
-        Filter::Present(p)
-        | Filter::Compare { path: p, .. }
-        | Filter::ValuePath { path: p, .. } => {
+        Filter::Present(p) | Filter::Compare { path: p, .. } | Filter::ValuePath { path: p, .. } => {
             p.urn.is_none() && (p.attr == "members" || p.attr == "groups")
         }
     }
@@ -417,14 +419,14 @@ impl Store for SqlStore {
             }
         };
         match res {
-            Err(e) if unique_violation(&e) => {
-                return Err(StoreError::Uniqueness("userName is already taken".into()));
-            }
+            Err(e) if unique_violation(&e) => return Err(taken(kind)),
             r => r?,
         };
         match kind {
             ResourceKind::User => Self::write_emails(&mut tx, tenant, &id, &w.doc).await?,
-            ResourceKind::Group => Self::add_members(&mut tx, tenant, &id, members).await?,
+            ResourceKind::Group => {
+                Self::add_members(&mut tx, tenant, &id, members).await?;
+            }
         }
         tx.commit().await?;
         Ok(Stored {
@@ -436,12 +438,7 @@ impl Store for SqlStore {
         })
     }
 
-    async fn get(
-        &self,
-        tenant: &str,
-        kind: ResourceKind,
-        id: &str,
-    ) -> Result<Option<Stored>, StoreError> {
+    async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError> {
         let sql = format!(
             "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE r.tenant = $1 AND r.id = $2",
             table(kind)
@@ -466,6 +463,33 @@ impl Store for SqlStore {
         let ts = now();
         let doc_text = Self::doc_text(&w.doc)?;
         let mut tx = self.pool.begin().await?;
+        // Membership first, counting real changes; all of it rolls back if the version check below fails.
+        let member_changes = match kind {
+            ResourceKind::Group => Self::apply_member_ops(&mut tx, tenant, id, members).await?,
+            ResourceKind::User => 0,
+        };
+        if !w.doc_changed && member_changes == 0 {
+            let row: Option<(i64, String, String)> = sqlx::query_as(&format!(
+                "SELECT version, created, last_modified FROM {} WHERE tenant = $1 AND id = $2",
+                table(kind)
+            ))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return match row {
+                None => Err(StoreError::NotFound),
+                Some((v, _, _)) if v != expect => Err(StoreError::VersionMismatch),
+                Some((version, created, last_modified)) => Ok(Stored {
+                    id: id.to_string(),
+                    version,
+                    created,
+                    last_modified,
+                    doc: w.doc,
+                }),
+            };
+        }
         let res = match kind {
             ResourceKind::User => {
                 let user_name = str_at(&w.doc, "userName").unwrap_or_default();
@@ -525,9 +549,8 @@ impl Store for SqlStore {
                 StoreError::NotFound
             });
         }
-        match kind {
-            ResourceKind::User => Self::write_emails(&mut tx, tenant, id, &w.doc).await?,
-            ResourceKind::Group => Self::apply_member_ops(&mut tx, tenant, id, members).await?,
+        if kind == ResourceKind::User {
+            Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
         }
         let created: String = sqlx::query_scalar(&format!(
             "SELECT created FROM {} WHERE tenant = $1 AND id = $2",
@@ -547,13 +570,7 @@ impl Store for SqlStore {
         })
     }
 
-    async fn delete(
-        &self,
-        tenant: &str,
-        kind: ResourceKind,
-        id: &str,
-        expect: Option<i64>,
-    ) -> Result<(), StoreError> {
+    async fn delete(&self, tenant: &str, kind: ResourceKind, id: &str, expect: Option<i64>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "DELETE FROM {} WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3)",
@@ -596,12 +613,7 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn query(
-        &self,
-        tenant: &str,
-        kind: ResourceKind,
-        q: &Query<'_>,
-    ) -> Result<Page, StoreError> {
+    async fn query(&self, tenant: &str, kind: ResourceKind, q: &Query<'_>) -> Result<Page, StoreError> {
         let mut binds = Binds(vec![tenant.to_string()]);
         let (prefilter, residual) = match (q.filter, q.lowering) {
             (None, _) => (vec![], None),
@@ -622,21 +634,13 @@ impl Store for SqlStore {
         let mut after: Option<String> = None;
         const CHUNK: usize = 2000;
         loop {
-            let chunk = self
-                .scan(kind, &prefilter, &binds.0, after.as_deref(), CHUNK)
-                .await?;
+            let chunk = self.scan(kind, &prefilter, &binds.0, after.as_deref(), CHUNK).await?;
             let n = chunk.len();
             after = chunk.last().map(|s| s.id.clone());
             for s in chunk {
                 let doc = self.eval_doc(tenant, kind, &s, needs_rel).await?;
-                if residual
-                    .as_ref()
-                    .is_none_or(|f| matches(q.reg, kind, f, &doc))
-                {
-                    let key = q
-                        .sort
-                        .as_ref()
-                        .and_then(|(p, _)| sort_key(q.reg, kind, p, &doc));
+                if residual.as_ref().is_none_or(|f| matches(q.reg, kind, f, &doc)) {
+                    let key = q.sort.as_ref().and_then(|(p, _)| sort_key(q.reg, kind, p, &doc));
                     matched.push((key, s));
                 }
             }
@@ -645,23 +649,14 @@ impl Store for SqlStore {
             }
         }
         if let Some((_, desc)) = &q.sort {
-            matched
-                .sort_by(|(ka, a), (kb, b)| cmp_keys(ka, kb, *desc).then_with(|| a.id.cmp(&b.id)));
+            matched.sort_by(|(ka, a), (kb, b)| cmp_keys(ka, kb, *desc).then_with(|| a.id.cmp(&b.id)));
         }
         let total = matched.len();
         let skip = match &q.start {
             Start::Offset(o) => *o,
-            Start::After(id) => matched
-                .iter()
-                .take_while(|(_, s)| s.id.as_str() <= id.as_str())
-                .count(),
+            Start::After(id) => matched.iter().take_while(|(_, s)| s.id.as_str() <= id.as_str()).count(),
         };
-        let rows: Vec<Stored> = matched
-            .into_iter()
-            .skip(skip)
-            .take(q.count)
-            .map(|(_, s)| s)
-            .collect();
+        let rows: Vec<Stored> = matched.into_iter().skip(skip).take(q.count).map(|(_, s)| s).collect();
         let more = skip + rows.len() < total;
         Ok(Page { total, rows, more })
     }
@@ -683,11 +678,7 @@ impl Store for SqlStore {
             .collect())
     }
 
-    async fn groups_of(
-        &self,
-        tenant: &str,
-        member_id: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT g.id, g.doc FROM scim_group_members m JOIN scim_groups g ON g.tenant = m.tenant AND g.id = m.group_id \
              WHERE m.tenant = $1 AND m.member_id = $2 ORDER BY g.id",
@@ -700,10 +691,7 @@ impl Store for SqlStore {
             .map(|(id, doc)| {
                 let doc: Map<String, Value> =
                     serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok((
-                    id,
-                    str_at(&doc, "displayName").unwrap_or_default().to_string(),
-                ))
+                Ok((id, str_at(&doc, "displayName").unwrap_or_default().to_string()))
             })
             .collect()
     }

@@ -26,7 +26,10 @@ fn registry() -> Registry {
             continue;
         }
         let json: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
-        let doc = SchemaDoc { source: p.display().to_string(), json };
+        let doc = SchemaDoc {
+            source: p.display().to_string(),
+            json,
+        };
         if p.file_name().is_some_and(|n| n == "resource-types.json") {
             types = Some(doc);
         } else {
@@ -36,7 +39,20 @@ fn registry() -> Registry {
     Registry::build(docs, &types.expect("resource types")).expect("registry")
 }
 
-const NAMES: &[&str] = &["alice", "Alice2", "BOB", "bob_x", "b%b", "Čeněk", "straße", "zoë", "a\\b", "Ann-Marie", "o'hara", "x"];
+const NAMES: &[&str] = &[
+    "alice",
+    "Alice2",
+    "BOB",
+    "bob_x",
+    "b%b",
+    "Čeněk",
+    "straße",
+    "zoë",
+    "a\\b",
+    "Ann-Marie",
+    "o'hara",
+    "x",
+];
 const DOMAINS: &[&str] = &["example.com", "EXAMPLE.org", "ex_ample.net", "ü.de"];
 
 async fn seed(store: &SqlStore, reg: &Registry, tenant: &str) -> Vec<String> {
@@ -57,7 +73,19 @@ async fn seed(store: &SqlStore, reg: &Registry, tenant: &str) -> Vec<String> {
             body["emails"] = json!(emails);
         }
         let doc = normalize(reg, ResourceKind::User, body, Mode::Create).expect("valid user");
-        let s = store.create(tenant, ResourceKind::User, Write { doc, password_hash: None }, &[]).await.expect("create");
+        let s = store
+            .create(
+                tenant,
+                ResourceKind::User,
+                Write {
+                    doc,
+                    password_hash: None,
+                    doc_changed: true,
+                },
+                &[],
+            )
+            .await
+            .expect("create");
         created.push(s.created);
         if i % 10 == 0 {
             tokio::time::sleep(Duration::from_millis(3)).await;
@@ -67,7 +95,11 @@ async fn seed(store: &SqlStore, reg: &Registry, tenant: &str) -> Vec<String> {
 }
 
 fn path(attr: &str, sub: Option<&str>) -> AttrPath {
-    AttrPath { urn: None, attr: attr.into(), sub: sub.map(Into::into) }
+    AttrPath {
+        urn: None,
+        attr: attr.into(),
+        sub: sub.map(Into::into),
+    }
 }
 
 /// A leaf over an indexed attribute; datetime values pick one of the seeded timestamps by index.
@@ -97,7 +129,14 @@ fn leaf() -> impl Strategy<Value = (Filter, Option<usize>)> {
         CompareOp::Lt,
         CompareOp::Le,
     ]);
-    let time_op = proptest::sample::select(vec![CompareOp::Eq, CompareOp::Ne, CompareOp::Gt, CompareOp::Ge, CompareOp::Lt, CompareOp::Le]);
+    let time_op = proptest::sample::select(vec![
+        CompareOp::Eq,
+        CompareOp::Ne,
+        CompareOp::Gt,
+        CompareOp::Ge,
+        CompareOp::Lt,
+        CompareOp::Le,
+    ]);
     prop_oneof![
         4 => (string_attr, op, text).prop_map(|((a, s), op, v)| (Filter::Compare { path: path(a, s), op, value: CompValue::Str(v) }, None)),
         1 => proptest::sample::select(vec![("userName", None), ("externalId", None), ("displayName", None), ("emails", Some("value"))])
@@ -114,55 +153,102 @@ fn filter() -> impl Strategy<Value = Vec<(Filter, Option<usize>)>> {
 
 fn build(leaves: &[(Filter, Option<usize>)], shape: u8, times: &[String]) -> Filter {
     let mut it = leaves.iter().map(|(f, t)| match (f, t) {
-        (Filter::Compare { path, op, .. }, Some(i)) => Filter::Compare { path: path.clone(), op: *op, value: CompValue::Str(times[*i].clone()) },
+        (Filter::Compare { path, op, .. }, Some(i)) => Filter::Compare {
+            path: path.clone(),
+            op: *op,
+            value: CompValue::Str(times[*i].clone()),
+        },
         (f, _) => f.clone(),
     });
-    let Some(mut acc) = it.next() else { unreachable!("at least one leaf") };
+    let Some(mut acc) = it.next() else {
+        unreachable!("at least one leaf")
+    };
     for (k, f) in it.enumerate() {
         let bits = shape >> (k % 4);
         let f = if bits & 4 != 0 { Filter::Not(Box::new(f)) } else { f };
-        acc = if bits & 1 == 0 { Filter::And(Box::new(acc), Box::new(f)) } else { Filter::Or(Box::new(acc), Box::new(f)) };
+        acc = if bits & 1 == 0 {
+            Filter::And(Box::new(acc), Box::new(f))
+        } else {
+            Filter::Or(Box::new(acc), Box::new(f))
+        };
     }
     acc
 }
 
 async fn open(url: &str) -> SqlStore {
-    SqlStore::connect(&StoreOptions { url: url.into(), max_connections: 4, acquire_timeout: Duration::from_secs(10) })
-        .await
-        .expect("connect")
+    SqlStore::connect(&StoreOptions {
+        url: url.into(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await
+    .expect("connect")
 }
 
 fn check_backend(store: SqlStore, rt: tokio::runtime::Runtime) {
     let reg = Arc::new(registry());
     let tenant = "prop";
     let times = rt.block_on(seed(&store, &reg, tenant));
-    let sorts = [None, Some(("userName", None, false)), Some(("displayName", None, true)), Some(("emails", Some("value"), false)), Some(("meta", Some("created"), true))];
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 200, ..ProptestConfig::default() });
+    let sorts = [
+        None,
+        Some(("userName", None, false)),
+        Some(("displayName", None, true)),
+        Some(("emails", Some("value"), false)),
+        Some(("meta", Some("created"), true)),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 200,
+        ..ProptestConfig::default()
+    });
     runner
-        .run(&(filter(), any::<u8>(), 0usize..sorts.len(), 0usize..5), |(leaves, shape, sort, offset)| {
-            let f = build(&leaves, shape, &times);
-            let f = resolve(&reg, ResourceKind::User, f.clone()).map_err(|e| TestCaseError::fail(format!("{f}: {e}")))?;
-            let sort = sorts[sort].map(|(a, s, d)| (path(a, s), d));
-            let run = |lowering: bool| {
-                let q = Query { reg: &reg, filter: Some(&f), sort: sort.clone(), start: Start::Offset(offset), count: 1000, lowering };
-                rt.block_on(store.query(tenant, ResourceKind::User, &q)).map_err(|e| TestCaseError::fail(e.to_string()))
-            };
-            let sql = run(true)?;
-            let mem = run(false)?;
-            let ids = |p: &scimgate_store::Page| p.rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
-            prop_assert_eq!(sql.total, mem.total, "total differs for {}", f);
-            prop_assert_eq!(ids(&sql), ids(&mem), "rows differ for {} sorted {:?}", f, sort);
-            Ok(())
-        })
+        .run(
+            &(filter(), any::<u8>(), 0usize..sorts.len(), 0usize..5),
+            |(leaves, shape, sort, offset)| {
+                let f = build(&leaves, shape, &times);
+                let f = resolve(&reg, ResourceKind::User, f.clone())
+                    .map_err(|e| TestCaseError::fail(format!("{f}: {e}")))?;
+                let sort = sorts[sort].map(|(a, s, d)| (path(a, s), d));
+                let run = |lowering: bool| {
+                    let q = Query {
+                        reg: &reg,
+                        filter: Some(&f),
+                        sort: sort.clone(),
+                        start: Start::Offset(offset),
+                        count: 1000,
+                        lowering,
+                    };
+                    rt.block_on(store.query(tenant, ResourceKind::User, &q))
+                        .map_err(|e| TestCaseError::fail(e.to_string()))
+                };
+                let sql = run(true)?;
+                let mem = run(false)?;
+                let ids = |p: &scimgate_store::Page| p.rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+                prop_assert_eq!(sql.total, mem.total, "total differs for {}", f);
+                prop_assert_eq!(ids(&sql), ids(&mem), "rows differ for {} sorted {:?}", f, sort);
+                Ok(())
+            },
+        )
         .expect("SQL lowering and in-memory evaluation agree");
     // The property must have exercised real lowering, not only fallbacks.
-    let probe = resolve(&reg, ResourceKind::User, Filter::Compare { path: path("userName", None), op: CompareOp::Sw, value: CompValue::Str("a".into()) })
-        .expect("resolves");
+    let probe = resolve(
+        &reg,
+        ResourceKind::User,
+        Filter::Compare {
+            path: path("userName", None),
+            op: CompareOp::Sw,
+            value: CompValue::Str("a".into()),
+        },
+    )
+    .expect("resolves");
     assert!(store.lowers_completely(ResourceKind::User, &probe));
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 #[test]
@@ -180,11 +266,17 @@ fn lowering_agrees_with_memory_on_postgres() {
     let admin = std::env::var("SCIMGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("scimgate_prop_{}", std::process::id());
     let psql = |sql: &str| {
-        let out = std::process::Command::new("psql").arg(format!("{admin}/postgres")).args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql");
+        let out = std::process::Command::new("psql")
+            .arg(format!("{admin}/postgres"))
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql");
         assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
     };
     psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-    psql(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"));
+    psql(&format!(
+        "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    ));
     let store = rt.block_on(open(&format!("{admin}/{name}")));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_backend(store, rt)));
     psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
@@ -200,5 +292,8 @@ fn tempfile_dir() -> std::path::PathBuf {
 }
 
 fn uuid_like() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
