@@ -33,7 +33,58 @@ pub struct Config {
     pub scim: ScimConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The lifecycle policy. Without it scimgate keeps identity state but decides no entitlements.
+    pub policy: Option<PolicyConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
     pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file (TOML); relative paths are relative to the config file.
+    pub file: PathBuf,
+    /// How often due timers and approval deadlines are checked, in seconds.
+    #[serde(default = "default_tick")]
+    pub tick_secs: u64,
+}
+
+/// The admin API (`/admin/v1`): its users and their roles.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default)]
+    pub users: Vec<AdminUserConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserConfig {
+    /// The principal name: what approval stages name (a manager's userName, an entitlement owner, a named
+    /// approver).
+    pub name: String,
+    pub roles: Vec<AdminRole>,
+    pub token: TokenSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    /// Changes and reloads policy, previews plans, replays the queue; cannot decide approvals or alter audit.
+    Operator,
+    /// Decides the approval requests addressed to them.
+    Approver,
+    /// Reads everything, changes nothing.
+    Auditor,
+}
+
+/// An admin user ready to authenticate.
+#[derive(Debug, Clone)]
+pub struct AdminUser {
+    pub name: String,
+    pub roles: Vec<AdminRole>,
+    pub token_hash: [u8; 32],
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +228,9 @@ pub struct TokenSource {
     pub sha256: Option<String>,
 }
 
+fn default_tick() -> u64 {
+    5
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -251,9 +305,14 @@ impl Config {
             )
             .extract()
             .map_err(Box::new)?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if cfg.scim.schemas_dir.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             cfg.scim.schemas_dir = base.join(&cfg.scim.schemas_dir);
+        }
+        if let Some(p) = &mut cfg.policy
+            && p.file.is_relative()
+        {
+            p.file = base.join(&p.file);
         }
         cfg.validate()?;
         Ok(cfg)
@@ -295,6 +354,28 @@ impl Config {
             return Err(invalid("scim: bulk_max_operations must be at least 1"));
         }
         Ok(())
+    }
+
+    /// Resolve the admin users' tokens.
+    pub fn admin_users(&self) -> Result<Vec<AdminUser>, ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        self.admin
+            .users
+            .iter()
+            .map(|u| {
+                if !names.insert(u.name.as_str()) {
+                    return Err(invalid(format!("admin user {} is defined twice", u.name)));
+                }
+                if u.roles.is_empty() {
+                    return Err(invalid(format!("admin user {} has no roles", u.name)));
+                }
+                Ok(AdminUser {
+                    name: u.name.clone(),
+                    roles: u.roles.clone(),
+                    token_hash: resolve_token(&u.name, &u.token)?,
+                })
+            })
+            .collect()
     }
 
     /// Resolve every tenant's tokens to hashes. Fails if a named variable or file is missing or empty.

@@ -10,7 +10,9 @@
 
 pub mod config;
 pub mod cursor;
+pub mod engine;
 pub mod http;
+mod lifecycle;
 pub mod schemas;
 pub mod server;
 pub mod service;
@@ -34,12 +36,15 @@ pub enum StartError {
     Schemas(#[from] schemas::LoadError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("policy: {0}")]
+    Policy(#[from] engine::EngineError),
     #[error("cursor key file {path}: {source}")]
     CursorKey { path: String, source: std::io::Error },
 }
 
-/// Build everything the router needs from a validated config: registry, store (migrated), tenants.
-pub async fn build_state(cfg: &Config) -> Result<Arc<AppState>, StartError> {
+/// Build everything the router needs from a validated config: registry, store (migrated), tenants, and the
+/// lifecycle engine when a policy is configured.
+pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> Result<Arc<AppState>, StartError> {
     let reg = Arc::new(schemas::load(&cfg.scim.schemas_dir)?);
     let tenants = cfg.tenants()?.into_iter().map(Arc::new).collect();
     let store = SqlStore::connect(&StoreOptions {
@@ -58,14 +63,24 @@ pub async fn build_state(cfg: &Config) -> Result<Arc<AppState>, StartError> {
         }
         None => CursorKey::new(rand::random()),
     };
+    let engine = match &cfg.policy {
+        Some(p) => {
+            let policy = engine::Engine::load(&p.file)?;
+            tracing::info!(policy_hash = %policy.hash(), file = %p.file.display(), "policy loaded");
+            Some(Arc::new(engine::Engine::new(policy, Some(p.file.clone()), clock)))
+        }
+        None => None,
+    };
     let service = ScimService {
         reg,
         store: Arc::new(store),
+        engine,
         limits: Limits::from(&cfg.scim),
         cursor_key,
     };
     Ok(Arc::new(AppState {
         service,
+        admins: cfg.admin_users()?,
         tenants,
         max_body_bytes: cfg.server.max_body_bytes,
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),

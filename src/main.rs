@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use std::sync::Arc;
+
 use scimgate::config::{Config, LogFormat};
+use scimgate::engine::clock::SystemClock;
+use scimgate::http::AppState;
 use scimgate::server::{self, ServeOptions};
 
 #[derive(Parser)]
@@ -28,10 +32,21 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Validate the config, its tokens and the schema directory, then exit.
+    /// Validate the config, its tokens, the schema directory and the policy, then exit.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Show what a policy file would grant and revoke for every identity, before it is applied.
+    Plan {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The candidate policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Only this tenant (default: all).
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -55,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Check { config } => check(config),
             Command::Serve { config, listen } => serve(config, listen).await,
+            Command::Plan { config, policy, tenant } => plan(config, policy, tenant).await,
         }
     })
 }
@@ -65,6 +81,11 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let reg = scimgate::schemas::load(&cfg.scim.schemas_dir)?;
     if let Some(tls) = &cfg.server.tls {
         server::tls_config(&tls.cert, &tls.key)?;
+    }
+    cfg.admin_users()?;
+    if let Some(p) = &cfg.policy {
+        let policy = scimgate::engine::Engine::load(&p.file)?;
+        println!("policy ok: {} (sha256 {})", p.file.display(), policy.hash());
     }
     println!(
         "config ok: {} tenant(s), {} schema(s), resource types {}",
@@ -82,7 +103,12 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
 async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let cfg = Config::load(&path).with_context(|| format!("config {}", path.display()))?;
     init_logging(&cfg);
-    let state = scimgate::build_state(&cfg).await?;
+    let state = scimgate::build_state(&cfg, Arc::new(SystemClock)).await?;
+    if let (Some(engine), Some(p)) = (&state.service.engine, &cfg.policy) {
+        tracing::info!(policy_hash = %engine.policy().hash(), "lifecycle engine running");
+        spawn_timers(state.clone(), Duration::from_secs(p.tick_secs.max(1)));
+        spawn_reload_on_sighup(state.clone());
+    }
     let tls = match &cfg.server.tls {
         Some(t) => Some(server::tls_config(&t.cert, &t.key)?),
         None => None,
@@ -109,5 +135,54 @@ async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> 
         server::shutdown_signal(),
     )
     .await?;
+    Ok(())
+}
+
+/// Due timers (start dates, end dates, leaver revocations) and approval deadlines, checked every `every`.
+fn spawn_timers(state: Arc<AppState>, every: Duration) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            match state.service.tick().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(done = n, "lifecycle timers ran"),
+                Err(e) => e.log(),
+            }
+        }
+    });
+}
+
+/// SIGHUP re-reads the policy file; a bad file keeps the running policy.
+fn spawn_reload_on_sighup(state: Arc<AppState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if let Some(engine) = &state.service.engine
+                && engine.reload().is_ok()
+            {
+                scimgate::http::admin::reevaluate_all(&state, "policy").await;
+            }
+        }
+    });
+}
+
+async fn plan(config: PathBuf, candidate: PathBuf, only: Option<String>) -> anyhow::Result<()> {
+    let cfg = Config::load(&config).with_context(|| format!("config {}", config.display()))?;
+    let policy = scimgate::engine::Engine::load(&candidate)?;
+    let state = scimgate::build_state(&cfg, Arc::new(SystemClock)).await?;
+    let started = std::time::Instant::now();
+    for t in &state.tenants {
+        if only.as_ref().is_some_and(|o| o != &t.id) {
+            continue;
+        }
+        let report = scimgate::http::admin::preview(&state, &t.id, &policy, chrono::Utc::now()).await?;
+        println!("{}", serde_json::json!({"tenant": t.id, "report": report}));
+    }
+    eprintln!("plan computed in {:.2?}", started.elapsed());
     Ok(())
 }

@@ -19,11 +19,13 @@ use scimgate_scim::project::{Projection, render};
 use scimgate_scim::resource::{Mode, check_immutable, normalize};
 use scimgate_scim::schema::{Registry, ResourceKind, Target};
 use scimgate_scim::{ProtocolError, urn};
-use scimgate_store::{Query, Start, Store, StoreError, Stored, Write};
+use scimgate_store::{Backend, Effects, Query, Start, StoreError, Stored, Write};
 
 use crate::config::{ScimConfig, Tenant};
 use crate::cursor::{CursorKey, Position};
+use crate::engine::Engine;
 use crate::http::error::ApiError;
+use crate::lifecycle::Change;
 
 /// Limits the protocol layer enforces.
 #[derive(Debug, Clone)]
@@ -56,7 +58,9 @@ impl From<&ScimConfig> for Limits {
 
 pub struct ScimService {
     pub reg: Arc<Registry>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Backend>,
+    /// The lifecycle engine; `None` when no policy is configured (identity state only).
+    pub engine: Option<Arc<Engine>>,
     pub limits: Limits,
     pub cursor_key: CursorKey,
 }
@@ -251,19 +255,57 @@ impl ScimService {
         }
         let mut doc = normalize(&self.reg, kind, body, Mode::Create)?;
         let password_hash = self.take_password(kind, &mut doc).await?;
-        let stored = self
-            .store
-            .create(
-                &cx.tenant.id,
-                kind,
-                Write {
-                    doc,
-                    password_hash,
-                    doc_changed: true,
-                },
-                &members,
-            )
-            .await?;
+        let tenant = &cx.tenant.id;
+        if kind == ResourceKind::User
+            && let Some(old) = self.rehire_match(tenant, &doc).await?
+        {
+            let effects = self
+                .decide_rehire(tenant, &old.id, &doc)
+                .await?
+                .map(|d| vec![d.effects])
+                .unwrap_or_default();
+            let w = Write {
+                doc,
+                password_hash,
+                doc_changed: true,
+                effects,
+            };
+            let stored = self.store.revive(tenant, &old.id, old.version, w).await?;
+            tracing::info!(tenant = %tenant, id = %stored.id, "rehire: archived identity reused");
+            return self.output(cx, kind, &stored, proj, StatusCode::CREATED).await;
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let effects = match kind {
+            ResourceKind::User => self
+                .decide_user(
+                    tenant,
+                    Change {
+                        id: &id,
+                        doc: &doc,
+                        groups: &[],
+                        archived: false,
+                        fresh: true,
+                    },
+                    "create",
+                )
+                .await?
+                .map(|d| vec![d.effects]),
+            ResourceKind::Group => {
+                let name = doc.get("displayName").and_then(Value::as_str);
+                Some(
+                    self.membership_effects(tenant, None, None, name, &[MemberOp::Add(members.clone())])
+                        .await?,
+                )
+            }
+        }
+        .unwrap_or_default();
+        let w = Write {
+            doc,
+            password_hash,
+            doc_changed: true,
+            effects,
+        };
+        let stored = self.store.create(tenant, kind, &id, w, &members).await?;
         tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
         self.output(cx, kind, &stored, proj, StatusCode::CREATED).await
     }
@@ -331,10 +373,14 @@ impl ScimService {
             if !doc_changed && kind == ResourceKind::User {
                 return self.output(cx, kind, &current, proj, StatusCode::OK).await;
             }
+            let effects = self
+                .change_effects(cx, kind, id, &current, &doc, doc_changed, &member_ops)
+                .await?;
             let w = Write {
                 doc: doc.clone(),
                 password_hash: password_hash.clone(),
                 doc_changed,
+                effects,
             };
             match self
                 .store
@@ -343,6 +389,7 @@ impl ScimService {
             {
                 Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
                 Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
+                Err(StoreError::StateConflict) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -376,10 +423,14 @@ impl ScimService {
             if !doc_changed && member_ops.is_empty() {
                 return self.output(cx, kind, &current, proj, StatusCode::OK).await;
             }
+            let effects = self
+                .change_effects(cx, kind, id, &current, &doc, doc_changed, &member_ops)
+                .await?;
             let w = Write {
                 doc,
                 password_hash,
                 doc_changed,
+                effects,
             };
             match self
                 .store
@@ -388,6 +439,7 @@ impl ScimService {
             {
                 Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
                 Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
+                Err(StoreError::StateConflict) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -450,28 +502,124 @@ impl ScimService {
         id: &str,
         pre: &Preconditions,
     ) -> Result<Output, ApiError> {
-        let expect = match &pre.if_match {
-            Some(_) => {
-                let current = self.load(cx, kind, id).await?;
-                Self::check_if_match(pre, current.version)?;
-                Some(current.version)
+        let tenant = &cx.tenant.id;
+        for _ in 0..MAX_CAS_RETRIES {
+            let current = self.load(cx, kind, id).await?;
+            Self::check_if_match(pre, current.version)?;
+            // A DELETE is a leaver: the user is archived and the engine locks, then later revokes, its accounts.
+            let effects = match kind {
+                ResourceKind::User => self
+                    .decide_user(
+                        tenant,
+                        Change {
+                            id,
+                            doc: &current.doc,
+                            groups: &[],
+                            archived: true,
+                            fresh: false,
+                        },
+                        "delete",
+                    )
+                    .await?
+                    .map(|d| vec![d.effects]),
+                ResourceKind::Group => {
+                    let name = current.doc.get("displayName").and_then(Value::as_str);
+                    Some(self.membership_effects(tenant, Some(id), name, None, &[]).await?)
+                }
             }
-            None => None,
-        };
-        match self.store.delete(&cx.tenant.id, kind, id, expect).await {
-            Ok(()) => {}
-            Err(StoreError::NotFound) => {
-                return Err(ApiError::NotFound(format!("{} {id} not found", kind.as_str())));
+            .unwrap_or_default();
+            match self
+                .store
+                .delete(tenant, kind, id, Some(current.version), &effects)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(tenant = %tenant, kind = kind.as_str(), id, "deleted");
+                    return Ok(Output {
+                        status: StatusCode::NO_CONTENT,
+                        body: None,
+                        etag: None,
+                        location: None,
+                    });
+                }
+                Err(StoreError::NotFound) => {
+                    return Err(ApiError::NotFound(format!("{} {id} not found", kind.as_str())));
+                }
+                Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
+                Err(StoreError::StateConflict) => continue,
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
-        tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id, "deleted");
-        Ok(Output {
-            status: StatusCode::NO_CONTENT,
-            body: None,
-            etag: None,
-            location: None,
-        })
+        Err(ApiError::PreconditionFailed)
+    }
+
+    /// The lifecycle effects of replacing `current` with `doc` (and changing membership, for groups).
+    #[allow(clippy::too_many_arguments)]
+    async fn change_effects(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        id: &str,
+        current: &Stored,
+        doc: &serde_json::Map<String, Value>,
+        doc_changed: bool,
+        member_ops: &[MemberOp],
+    ) -> Result<Vec<Effects>, ApiError> {
+        let tenant = &cx.tenant.id;
+        Ok(match kind {
+            ResourceKind::User if doc_changed => {
+                let groups = self.group_names(tenant, id).await?;
+                self.decide_user(
+                    tenant,
+                    Change {
+                        id,
+                        doc,
+                        groups: &groups,
+                        archived: false,
+                        fresh: false,
+                    },
+                    "update",
+                )
+                .await?
+                .map(|d| vec![d.effects])
+            }
+            ResourceKind::User => None,
+            ResourceKind::Group => {
+                let old = current.doc.get("displayName").and_then(Value::as_str);
+                let new = doc.get("displayName").and_then(Value::as_str);
+                Some(self.membership_effects(tenant, Some(id), old, new, member_ops).await?)
+            }
+        }
+        .unwrap_or_default())
+    }
+
+    /// An archived identity this new user is a rehire of, matched by the policy's rehire keys.
+    async fn rehire_match(
+        &self,
+        tenant: &str,
+        doc: &serde_json::Map<String, Value>,
+    ) -> Result<Option<Stored>, ApiError> {
+        let Some(engine) = &self.engine else { return Ok(None) };
+        let policy = engine.policy();
+        let keys = policy.rehire_match();
+        let ext = keys
+            .iter()
+            .any(|k| k == "externalId")
+            .then(|| doc.get("externalId").and_then(Value::as_str))
+            .flatten();
+        let emp = keys
+            .iter()
+            .any(|k| k == "employeeNumber")
+            .then(|| {
+                doc.get(scimgate_scim::schema::ENTERPRISE_URN)
+                    .and_then(|e| e.get("employeeNumber"))
+                    .and_then(Value::as_str)
+            })
+            .flatten();
+        if ext.is_none() && emp.is_none() {
+            return Ok(None);
+        }
+        Ok(self.store.find_archived(tenant, ext, emp).await?)
     }
 
     /// List or search one resource type, or both (root `.search`) when `kind` is `None`.

@@ -485,7 +485,13 @@ async fn groups_membership_and_bulk(backend: Backend) {
     assert_eq!(u["groups"][0]["value"], json!(gid), "{u}");
 
     // Group displayName is unique per tenant, case-insensitively (Entra and AD need it).
-    let (s, v) = gw.call("POST", "/Groups", Some(&json!({"schemas": [GROUP], "displayName": "GUIDES"}))).await;
+    let (s, v) = gw
+        .call(
+            "POST",
+            "/Groups",
+            Some(&json!({"schemas": [GROUP], "displayName": "GUIDES"})),
+        )
+        .await;
     assert_eq!(s, 409, "{v}");
     assert_error(&v, 409, Some("uniqueness"));
 

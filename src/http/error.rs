@@ -14,6 +14,9 @@ pub enum ApiError {
     Protocol(#[from] ProtocolError),
     #[error("{0}")]
     NotFound(String),
+    /// Refused by policy (an enforce-mode SoD rule), or an admin role that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("the resource version does not match If-Match")]
@@ -41,6 +44,7 @@ impl ApiError {
         match self {
             ApiError::Protocol(p) => StatusCode::from_u16(p.status()).unwrap_or(StatusCode::BAD_REQUEST),
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::NotModified(_) => StatusCode::NOT_MODIFIED,
@@ -101,6 +105,9 @@ impl From<StoreError> for ApiError {
             StoreError::VersionMismatch => ApiError::PreconditionFailed,
             StoreError::Uniqueness(m) => ApiError::Protocol(ProtocolError::Uniqueness(m)),
             StoreError::InvalidMember(m) => ApiError::Protocol(ProtocolError::InvalidValue(m)),
+            StoreError::StateConflict => ApiError::Protocol(ProtocolError::Conflict(
+                "a concurrent change to this identity; retry".into(),
+            )),
             other => ApiError::internal(other),
         }
     }

@@ -4,6 +4,7 @@
 //! Each tenant's routes are nested at its base path behind its own bearer-token check; every error leaves
 //! through [`error::ApiError`] as a SCIM error body.
 
+pub mod admin;
 pub mod discovery;
 pub mod error;
 mod resources;
@@ -35,6 +36,7 @@ pub const SCIM_JSON: &str = "application/scim+json";
 pub struct AppState {
     pub service: ScimService,
     pub tenants: Vec<Arc<Tenant>>,
+    pub admins: Vec<crate::config::AdminUser>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     /// `https` when serving TLS; used for meta.location when a tenant has no public_url.
@@ -52,7 +54,8 @@ pub struct TenantState {
 pub fn app(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz).with_state(state.clone()));
+        .route("/readyz", get(readyz).with_state(state.clone()))
+        .merge(admin::routes(state.clone()));
     for tenant in &state.tenants {
         let ts = TenantState {
             app: state.clone(),

@@ -35,9 +35,11 @@ async fn state() -> Arc<AppState> {
         token_hashes: vec![sha256(TOKEN.as_bytes())],
     };
     Arc::new(AppState {
+        admins: vec![],
         service: ScimService {
             reg: Arc::new(reg),
             store: Arc::new(store),
+            engine: None,
             limits: Limits::from(&crate::config::ScimConfig::default()),
             cursor_key: CursorKey::new([1; 32]),
         },

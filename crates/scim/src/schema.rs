@@ -298,8 +298,10 @@ impl ResourceType {
                     // RFC 7644 §3.10: an unqualified name may stand for an extension attribute when exactly one
                     // extension has it (Entra's `manager`).
                     None => {
-                        let mut hits =
-                            self.extensions.iter().filter_map(|(s, _)| s.attr(&path.attr).map(|a| (s.id.as_str(), a)));
+                        let mut hits = self
+                            .extensions
+                            .iter()
+                            .filter_map(|(s, _)| s.attr(&path.attr).map(|a| (s.id.as_str(), a)));
                         let (urn, a) = hits.next()?;
                         if hits.next().is_some() {
                             return None;

@@ -5,6 +5,7 @@
 //! SQL over indexed columns, and the rest is evaluated in memory with the same semantics. Versions and
 //! uniqueness are checked inside the write transaction: an update is a compare-and-swap on `version`.
 
+pub mod lifecycle;
 mod lower;
 pub mod sql;
 
@@ -15,6 +16,7 @@ use scimgate_scim::filter::{AttrPath, Filter};
 use scimgate_scim::patch::{Member, MemberOp};
 use scimgate_scim::schema::{Registry, ResourceKind};
 
+pub use lifecycle::{ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord, StateWrite};
 pub use sql::SqlStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,9 @@ pub enum StoreError {
     /// The version the caller read is no longer current.
     #[error("the resource changed since it was read")]
     VersionMismatch,
+    /// An identity's lifecycle state changed since it was read (a concurrent change); retry the operation.
+    #[error("the identity's lifecycle state changed concurrently")]
+    StateConflict,
     #[error("{0}")]
     Uniqueness(String),
     #[error("{0}")]
@@ -55,6 +60,8 @@ pub struct Write {
     /// Whether the document differs from the stored one. A replace that changes neither the document nor the
     /// membership keeps the version and lastModified (an IdP re-push must not invalidate ETags).
     pub doc_changed: bool,
+    /// Lifecycle effects (identity state, plan, approvals) written in the same transaction.
+    pub effects: Vec<Effects>,
 }
 
 /// Where a page starts.
@@ -93,6 +100,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         tenant: &str,
         kind: ResourceKind,
+        id: &str,
         w: Write,
         members: &[Member],
     ) -> Result<Stored, StoreError>;
@@ -108,8 +116,15 @@ pub trait Store: Send + Sync + 'static {
         w: Write,
         members: &[MemberOp],
     ) -> Result<Stored, StoreError>;
-    /// Delete, if `expect` is given only at that version.
-    async fn delete(&self, tenant: &str, kind: ResourceKind, id: &str, expect: Option<i64>) -> Result<(), StoreError>;
+    /// Delete (users: archive), if `expect` is given only at that version, with the lifecycle effects.
+    async fn delete(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        expect: Option<i64>,
+        effects: &[Effects],
+    ) -> Result<(), StoreError>;
     async fn query(&self, tenant: &str, kind: ResourceKind, q: &Query<'_>) -> Result<Page, StoreError>;
     /// A group's members.
     async fn members(&self, tenant: &str, group_id: &str) -> Result<Vec<Member>, StoreError>;
@@ -118,6 +133,43 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// Lifecycle records for the policy engine. JSON documents are opaque to the store.
+#[async_trait]
+pub trait LifecycleStore: Send + Sync + 'static {
+    /// An archived user matching a rehire key.
+    async fn find_archived(
+        &self,
+        tenant: &str,
+        external_id: Option<&str>,
+        employee_number: Option<&str>,
+    ) -> Result<Option<Stored>, StoreError>;
+    /// A user, archived or not: (resource, archived).
+    async fn get_with_archived(&self, tenant: &str, id: &str) -> Result<Option<(Stored, bool)>, StoreError>;
+    /// Bring an archived user back with a new document (rehire), if still at version `expect`.
+    async fn revive(&self, tenant: &str, id: &str, expect: i64, w: Write) -> Result<Stored, StoreError>;
+    async fn apply_effects(&self, tenant: &str, effects: &[Effects]) -> Result<(), StoreError>;
+    async fn identity_state(&self, tenant: &str, id: &str) -> Result<Option<IdentityState>, StoreError>;
+    async fn plans(&self, tenant: &str, identity: Option<&str>, limit: usize) -> Result<Vec<PlanRecord>, StoreError>;
+    async fn approvals(
+        &self,
+        tenant: &str,
+        status: Option<&str>,
+        identity: Option<&str>,
+    ) -> Result<Vec<ApprovalRecord>, StoreError>;
+    async fn approval(&self, tenant: &str, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+    async fn exceptions(&self, tenant: &str, identity: Option<&str>) -> Result<Vec<ExceptionRecord>, StoreError>;
+    /// Identities whose timer is due: (tenant, id).
+    async fn due_identities(&self, now: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
+    /// Pending approvals due to escalate or expire: (tenant, approval).
+    async fn due_approvals(&self, now: &str, limit: usize) -> Result<Vec<(String, ApprovalRecord)>, StoreError>;
+    /// Every user id (archived included), in id order after `after`.
+    async fn identity_ids(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
+}
+
+/// Everything the gateway needs of a store.
+pub trait Backend: Store + LifecycleStore {}
+impl<T: Store + LifecycleStore> Backend for T {}
 
 /// Indexed columns extracted from a canonical document.
 pub(crate) fn str_at<'d>(doc: &'d Map<String, Value>, key: &str) -> Option<&'d str> {

@@ -13,6 +13,8 @@ use scimgate_scim::patch::{Member, MemberOp};
 use scimgate_scim::resource::format_datetime;
 use scimgate_scim::schema::ResourceKind;
 
+use crate::LifecycleStore;
+use crate::lifecycle::{self, ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord};
 use crate::lower::{Binds, Dialect, lower, sort_column, split};
 use crate::{Page, Query, Start, Store, StoreError, Stored, Write, str_at};
 
@@ -41,6 +43,12 @@ fn table(kind: ResourceKind) -> &'static str {
 
 fn now() -> String {
     format_datetime(chrono::Utc::now())
+}
+
+fn employee_number(doc: &Map<String, Value>) -> Option<&str> {
+    doc.get(scimgate_scim::schema::ENTERPRISE_URN)
+        .and_then(|e| e.get("employeeNumber"))
+        .and_then(Value::as_str)
 }
 
 fn taken(kind: ResourceKind) -> StoreError {
@@ -151,8 +159,8 @@ impl SqlStore {
         let mut added = 0;
         for m in members {
             let found: Option<String> = sqlx::query_scalar(
-                "SELECT 'User' FROM scim_users WHERE tenant = $1 AND id = $2 \
-                 UNION ALL SELECT 'Group' FROM scim_groups WHERE tenant = $1 AND id = $2",
+                "SELECT 'User' FROM scim_users WHERE tenant = $1 AND id = $2 AND archived_at IS NULL \
+                 UNION ALL SELECT 'Group' FROM scim_groups WHERE tenant = $1 AND id = $2 AND archived_at IS NULL",
             )
             .bind(tenant)
             .bind(&m.value)
@@ -264,7 +272,8 @@ impl SqlStore {
     ) -> Result<Vec<Stored>, StoreError> {
         let mut binds: Vec<String> = binds.to_vec();
         let mut sql = format!(
-            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE r.tenant = $1",
+            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE r.tenant = $1 \
+             AND r.archived_at IS NULL",
             table(kind)
         );
         for p in prefilter {
@@ -377,10 +386,11 @@ impl Store for SqlStore {
         &self,
         tenant: &str,
         kind: ResourceKind,
+        id: &str,
         w: Write,
         members: &[Member],
     ) -> Result<Stored, StoreError> {
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = id.to_string();
         let ts = now();
         let doc_text = Self::doc_text(&w.doc)?;
         let mut tx = self.pool.begin().await?;
@@ -389,7 +399,8 @@ impl Store for SqlStore {
                 let user_name = str_at(&w.doc, "userName").unwrap_or_default();
                 sqlx::query(
                     "INSERT INTO scim_users (tenant, id, user_name, user_name_lower, external_id, display_name_lower, \
-                     version, created, last_modified, password_hash, doc) VALUES ($1,$2,$3,$4,$5,$6,1,$7,$7,$8,$9)",
+                     version, created, last_modified, password_hash, doc, employee_number) \
+                     VALUES ($1,$2,$3,$4,$5,$6,1,$7,$7,$8,$9,$10)",
                 )
                 .bind(tenant)
                 .bind(&id)
@@ -400,6 +411,7 @@ impl Store for SqlStore {
                 .bind(&ts)
                 .bind(w.password_hash.as_deref())
                 .bind(&doc_text)
+                .bind(employee_number(&w.doc))
                 .execute(&mut *tx)
                 .await
             }
@@ -428,6 +440,7 @@ impl Store for SqlStore {
                 Self::add_members(&mut tx, tenant, &id, members).await?;
             }
         }
+        lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
         tx.commit().await?;
         Ok(Stored {
             id,
@@ -440,7 +453,8 @@ impl Store for SqlStore {
 
     async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError> {
         let sql = format!(
-            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE r.tenant = $1 AND r.id = $2",
+            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM {} r WHERE r.tenant = $1 AND r.id = $2 \
+             AND r.archived_at IS NULL",
             table(kind)
         );
         let row = sqlx::query(&sql)
@@ -468,92 +482,72 @@ impl Store for SqlStore {
             ResourceKind::Group => Self::apply_member_ops(&mut tx, tenant, id, members).await?,
             ResourceKind::User => 0,
         };
-        if !w.doc_changed && member_changes == 0 {
-            let row: Option<(i64, String, String)> = sqlx::query_as(&format!(
-                "SELECT version, created, last_modified FROM {} WHERE tenant = $1 AND id = $2",
+        let res = if !w.doc_changed && member_changes == 0 {
+            // Nothing changes: confirm the version is current and keep it (an IdP re-push must not move ETags).
+            sqlx::query(&format!(
+                "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND version = $3 AND archived_at IS NULL",
                 table(kind)
             ))
             .bind(tenant)
             .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            return match row {
-                None => Err(StoreError::NotFound),
-                Some((v, _, _)) if v != expect => Err(StoreError::VersionMismatch),
-                Some((version, created, last_modified)) => Ok(Stored {
-                    id: id.to_string(),
-                    version,
-                    created,
-                    last_modified,
-                    doc: w.doc,
-                }),
-            };
-        }
-        let res = match kind {
-            ResourceKind::User => {
-                let user_name = str_at(&w.doc, "userName").unwrap_or_default();
-                sqlx::query(
-                    "UPDATE scim_users SET user_name = $1, user_name_lower = $2, external_id = $3, \
-                     display_name_lower = $4, version = version + 1, last_modified = $5, \
-                     password_hash = COALESCE($6, password_hash), doc = $7 \
-                     WHERE tenant = $8 AND id = $9 AND version = $10",
-                )
-                .bind(user_name)
-                .bind(user_name.to_lowercase())
-                .bind(str_at(&w.doc, "externalId"))
-                .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
-                .bind(&ts)
-                .bind(w.password_hash.as_deref())
-                .bind(&doc_text)
-                .bind(tenant)
-                .bind(id)
-                .bind(expect)
-                .execute(&mut *tx)
-                .await
-            }
-            ResourceKind::Group => {
-                sqlx::query(
-                    "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
-                     last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND version = $7",
-                )
-                .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
-                .bind(str_at(&w.doc, "externalId"))
-                .bind(&ts)
-                .bind(&doc_text)
-                .bind(tenant)
-                .bind(id)
-                .bind(expect)
-                .execute(&mut *tx)
-                .await
+            .bind(expect)
+            .execute(&mut *tx)
+            .await
+        } else {
+            match kind {
+                ResourceKind::User => {
+                    let user_name = str_at(&w.doc, "userName").unwrap_or_default();
+                    sqlx::query(
+                        "UPDATE scim_users SET user_name = $1, user_name_lower = $2, external_id = $3, \
+                         display_name_lower = $4, version = version + 1, last_modified = $5, \
+                         password_hash = COALESCE($6, password_hash), doc = $7, employee_number = $8 \
+                         WHERE tenant = $9 AND id = $10 AND version = $11 AND archived_at IS NULL",
+                    )
+                    .bind(user_name)
+                    .bind(user_name.to_lowercase())
+                    .bind(str_at(&w.doc, "externalId"))
+                    .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
+                    .bind(&ts)
+                    .bind(w.password_hash.as_deref())
+                    .bind(&doc_text)
+                    .bind(employee_number(&w.doc))
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(expect)
+                    .execute(&mut *tx)
+                    .await
+                }
+                ResourceKind::Group => {
+                    sqlx::query(
+                        "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
+                         last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND version = $7 \
+                         AND archived_at IS NULL",
+                    )
+                    .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
+                    .bind(str_at(&w.doc, "externalId"))
+                    .bind(&ts)
+                    .bind(&doc_text)
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(expect)
+                    .execute(&mut *tx)
+                    .await
+                }
             }
         };
         let done = match res {
-            Err(e) if unique_violation(&e) => {
-                return Err(StoreError::Uniqueness("userName is already taken".into()));
-            }
+            Err(e) if unique_violation(&e) => return Err(taken(kind)),
             r => r?,
         };
         if done.rows_affected() == 0 {
-            let exists: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT version FROM {} WHERE tenant = $1 AND id = $2",
-                table(kind)
-            ))
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Err(if exists.is_some() {
-                StoreError::VersionMismatch
-            } else {
-                StoreError::NotFound
-            });
+            return Err(Self::missing_or_moved(&mut tx, tenant, kind, id).await?);
         }
-        if kind == ResourceKind::User {
+        if kind == ResourceKind::User && w.doc_changed {
             Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
         }
-        let created: String = sqlx::query_scalar(&format!(
-            "SELECT created FROM {} WHERE tenant = $1 AND id = $2",
+        lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
+        let (version, created, last_modified): (i64, String, String) = sqlx::query_as(&format!(
+            "SELECT version, created, last_modified FROM {} WHERE tenant = $1 AND id = $2",
             table(kind)
         ))
         .bind(tenant)
@@ -563,52 +557,49 @@ impl Store for SqlStore {
         tx.commit().await?;
         Ok(Stored {
             id: id.to_string(),
-            version: expect + 1,
+            version,
             created,
-            last_modified: ts,
+            last_modified,
             doc: w.doc,
         })
     }
 
-    async fn delete(&self, tenant: &str, kind: ResourceKind, id: &str, expect: Option<i64>) -> Result<(), StoreError> {
+    async fn delete(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        expect: Option<i64>,
+        effects: &[Effects],
+    ) -> Result<(), StoreError> {
+        let ts = now();
         let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "DELETE FROM {} WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3)",
-            table(kind)
-        );
+        // Users are archived, not erased: the identity stays for leaver processing, audit and rehire.
+        let sql = match kind {
+            ResourceKind::User => "UPDATE scim_users SET archived_at = $4, version = version + 1, last_modified = $4 \
+                 WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3) AND archived_at IS NULL"
+                .to_string(),
+            ResourceKind::Group => {
+                "DELETE FROM scim_groups WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3) AND $4 <> ''"
+                    .to_string()
+            }
+        };
         let done = sqlx::query(&sql)
             .bind(tenant)
             .bind(id)
             .bind(expect.unwrap_or(-1))
+            .bind(&ts)
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
-            let exists: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT version FROM {} WHERE tenant = $1 AND id = $2",
-                table(kind)
-            ))
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Err(if exists.is_some() {
-                StoreError::VersionMismatch
-            } else {
-                StoreError::NotFound
-            });
+            return Err(Self::missing_or_moved(&mut tx, tenant, kind, id).await?);
         }
         sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND (member_id = $2 OR group_id = $2)")
             .bind(tenant)
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        if kind == ResourceKind::User {
-            sqlx::query("DELETE FROM scim_user_emails WHERE tenant = $1 AND user_id = $2")
-                .bind(tenant)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        lifecycle::apply(&mut tx, tenant, &ts, effects).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -711,7 +702,7 @@ impl SqlStore {
         mut binds: Vec<String>,
         sort_col: Option<String>,
     ) -> Result<Page, StoreError> {
-        let mut where_ = String::from("r.tenant = $1");
+        let mut where_ = String::from("r.tenant = $1 AND r.archived_at IS NULL");
         for p in prefilter {
             where_.push_str(" AND ");
             where_.push_str(p);
@@ -763,5 +754,219 @@ impl SqlStore {
     pub fn lowers_completely(&self, kind: ResourceKind, f: &Filter) -> bool {
         let mut b = Binds(vec![String::new()]);
         lower(kind, self.dialect, f, &mut b).is_some()
+    }
+}
+
+impl SqlStore {
+    /// After a conditional write matched no row: NotFound, or VersionMismatch if the row exists.
+    async fn missing_or_moved(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<StoreError, StoreError> {
+        let exists: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT version FROM {} WHERE tenant = $1 AND id = $2 AND archived_at IS NULL",
+            table(kind)
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(if exists.is_some() {
+            StoreError::VersionMismatch
+        } else {
+            StoreError::NotFound
+        })
+    }
+}
+
+#[async_trait]
+impl LifecycleStore for SqlStore {
+    async fn find_archived(
+        &self,
+        tenant: &str,
+        external_id: Option<&str>,
+        employee_number: Option<&str>,
+    ) -> Result<Option<Stored>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM scim_users r WHERE r.tenant = $1 \
+             AND r.archived_at IS NOT NULL AND ((r.external_id IS NOT NULL AND r.external_id = $2) OR \
+             (r.employee_number IS NOT NULL AND r.employee_number = $3)) ORDER BY r.archived_at DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(external_id)
+        .bind(employee_number)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::row).transpose()
+    }
+
+    async fn get_with_archived(&self, tenant: &str, id: &str) -> Result<Option<(Stored, bool)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.id, r.version, r.created, r.last_modified, r.doc, r.archived_at FROM scim_users r \
+             WHERE r.tenant = $1 AND r.id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let archived: Option<String> = r.try_get("archived_at")?;
+                Ok(Some((Self::row(&r)?, archived.is_some())))
+            }
+        }
+    }
+
+    async fn revive(&self, tenant: &str, id: &str, expect: i64, w: Write) -> Result<Stored, StoreError> {
+        let ts = now();
+        let doc_text = Self::doc_text(&w.doc)?;
+        let user_name = str_at(&w.doc, "userName").unwrap_or_default();
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE scim_users SET user_name = $1, user_name_lower = $2, external_id = $3, display_name_lower = $4, \
+             version = version + 1, last_modified = $5, password_hash = $6, doc = $7, employee_number = $8, \
+             archived_at = NULL WHERE tenant = $9 AND id = $10 AND version = $11 AND archived_at IS NOT NULL",
+        )
+        .bind(user_name)
+        .bind(user_name.to_lowercase())
+        .bind(str_at(&w.doc, "externalId"))
+        .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
+        .bind(&ts)
+        .bind(w.password_hash.as_deref())
+        .bind(&doc_text)
+        .bind(employee_number(&w.doc))
+        .bind(tenant)
+        .bind(id)
+        .bind(expect)
+        .execute(&mut *tx)
+        .await;
+        let done = match res {
+            Err(e) if unique_violation(&e) => return Err(taken(ResourceKind::User)),
+            r => r?,
+        };
+        if done.rows_affected() == 0 {
+            return Err(StoreError::VersionMismatch);
+        }
+        Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
+        lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
+        let created: String = sqlx::query_scalar("SELECT created FROM scim_users WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Stored {
+            id: id.to_string(),
+            version: expect + 1,
+            created,
+            last_modified: ts,
+            doc: w.doc,
+        })
+    }
+
+    async fn apply_effects(&self, tenant: &str, effects: &[Effects]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lifecycle::apply(&mut tx, tenant, &now(), effects).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn identity_state(&self, tenant: &str, id: &str) -> Result<Option<IdentityState>, StoreError> {
+        let row = sqlx::query("SELECT * FROM identity_state WHERE tenant = $1 AND identity_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(lifecycle::state_row).transpose()
+    }
+
+    async fn plans(&self, tenant: &str, identity: Option<&str>, limit: usize) -> Result<Vec<PlanRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM plans WHERE tenant = $1 AND ($2 = '' OR identity_id = $2) ORDER BY created DESC, id DESC \
+             LIMIT {limit}"
+        ))
+        .bind(tenant)
+        .bind(identity.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(lifecycle::plan_row).collect()
+    }
+
+    async fn approvals(
+        &self,
+        tenant: &str,
+        status: Option<&str>,
+        identity: Option<&str>,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM approvals WHERE tenant = $1 AND ($2 = '' OR status = $2) AND ($3 = '' OR identity_id = $3) \
+             ORDER BY created, id",
+        )
+        .bind(tenant)
+        .bind(status.unwrap_or(""))
+        .bind(identity.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(lifecycle::approval_row).collect()
+    }
+
+    async fn approval(&self, tenant: &str, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM approvals WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(lifecycle::approval_row).transpose()
+    }
+
+    async fn exceptions(&self, tenant: &str, identity: Option<&str>) -> Result<Vec<ExceptionRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM sod_exceptions WHERE tenant = $1 AND ($2 = '' OR identity_id = $2) ORDER BY identity_id, rule",
+        )
+        .bind(tenant)
+        .bind(identity.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(lifecycle::exception_row).collect()
+    }
+
+    async fn due_identities(&self, now: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT tenant, identity_id FROM identity_state WHERE wakeup_at IS NOT NULL AND wakeup_at <= $1 \
+             ORDER BY wakeup_at LIMIT {limit}"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn due_approvals(&self, now: &str, limit: usize) -> Result<Vec<(String, ApprovalRecord)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM approvals WHERE status = 'pending' AND (expires_at <= $1 OR \
+             (escalate_at IS NOT NULL AND escalate_at <= $1)) ORDER BY expires_at LIMIT {limit}"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>("tenant")?, lifecycle::approval_row(r)?)))
+            .collect()
+    }
+
+    async fn identity_ids(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT r.id FROM scim_users r WHERE r.tenant = $1 AND {} > $2 ORDER BY {} LIMIT {limit}",
+            self.ordered_id(),
+            self.ordered_id()
+        ))
+        .bind(tenant)
+        .bind(after.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 }

@@ -77,10 +77,12 @@ async fn seed(store: &SqlStore, reg: &Registry, tenant: &str) -> Vec<String> {
             .create(
                 tenant,
                 ResourceKind::User,
+                &format!("01900000-0000-7000-8000-{i:012}"),
                 Write {
                     doc,
                     password_hash: None,
                     doc_changed: true,
+                    effects: vec![],
                 },
                 &[],
             )

@@ -1,0 +1,327 @@
+//! The SCIM service's side of the lifecycle: gathering what the engine needs for an identity (its prior
+//! state, groups, manager, exceptions, pending approvals), asking [`Engine::decide`], and turning a group push
+//! that would create an enforce-mode SoD conflict into a 403.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde_json::{Map, Value};
+
+use scimgate_scim::patch::MemberOp;
+use scimgate_scim::schema::{ENTERPRISE_URN, ResourceKind};
+use scimgate_store::{Effects, IdentityState, StoreError};
+
+use crate::engine::{Decision, Engine, EngineError, Subject};
+use crate::http::error::ApiError;
+use crate::service::ScimService;
+
+pub(crate) fn engine_err(e: EngineError) -> ApiError {
+    match e {
+        EngineError::Forbidden(m) => ApiError::Forbidden(m),
+        EngineError::Conflict(m) => ApiError::Protocol(scimgate_scim::ProtocolError::Conflict(m)),
+        other => ApiError::internal(other),
+    }
+}
+
+/// A user about to change: its id, new document, new groups, whether it is being archived, and whether it is new
+/// (no lifecycle state yet).
+pub(crate) struct Change<'a> {
+    pub id: &'a str,
+    pub doc: &'a Map<String, Value>,
+    pub groups: &'a [String],
+    pub archived: bool,
+    pub fresh: bool,
+}
+
+/// How a membership change affects one user: the groups before and after.
+struct Affected {
+    user: String,
+    before: Vec<String>,
+    after: Vec<String>,
+}
+
+impl ScimService {
+    /// The userName of the identity's manager (enterprise `manager.value`), the manager-stage approver.
+    async fn manager_name(&self, tenant: &str, doc: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+        let Some(mid) = doc
+            .get(ENTERPRISE_URN)
+            .and_then(|e| e.get("manager"))
+            .and_then(|m| m.get("value"))
+            .and_then(Value::as_str)
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .get(tenant, ResourceKind::User, mid)
+            .await?
+            .and_then(|m| m.doc.get("userName").and_then(Value::as_str).map(str::to_string)))
+    }
+
+    pub(crate) async fn group_names(&self, tenant: &str, user: &str) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .store
+            .groups_of(tenant, user)
+            .await?
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect())
+    }
+
+    /// Decide on a user whose document (or groups) is about to change.
+    pub(crate) async fn decide_user(
+        &self,
+        tenant: &str,
+        c: Change<'_>,
+        cause: &str,
+    ) -> Result<Option<Decision>, ApiError> {
+        let Change {
+            id,
+            doc,
+            groups,
+            archived,
+            fresh,
+        } = c;
+        let Some(engine) = &self.engine else { return Ok(None) };
+        let (prior, exceptions, pending) = if fresh {
+            (None, vec![], vec![])
+        } else {
+            (
+                self.store.identity_state(tenant, id).await?,
+                self.store.exceptions(tenant, Some(id)).await?,
+                self.store.approvals(tenant, Some("pending"), Some(id)).await?,
+            )
+        };
+        let manager = self.manager_name(tenant, doc).await?;
+        let subject = Subject {
+            tenant,
+            id,
+            doc,
+            groups,
+            archived,
+            manager,
+        };
+        engine
+            .decide(&subject, prior.as_ref(), &exceptions, &pending, cause)
+            .map(Some)
+            .map_err(engine_err)
+    }
+
+    /// A rehire: the archived identity is reused, its entitlements derived afresh. Old approvals are cancelled,
+    /// old SoD exceptions dropped, and the leaver clock stopped; what it still holds is revoked unless the new
+    /// record justifies it.
+    pub(crate) async fn decide_rehire(
+        &self,
+        tenant: &str,
+        id: &str,
+        doc: &Map<String, Value>,
+    ) -> Result<Option<Decision>, ApiError> {
+        let Some(engine) = &self.engine else { return Ok(None) };
+        let prior = self.store.identity_state(tenant, id).await?.map(|p| IdentityState {
+            leaver_since: None,
+            ..p
+        });
+        let stale = self.store.approvals(tenant, Some("pending"), Some(id)).await?;
+        let manager = self.manager_name(tenant, doc).await?;
+        let subject = Subject {
+            tenant,
+            id,
+            doc,
+            groups: &[],
+            archived: false,
+            manager,
+        };
+        let mut d = engine
+            .decide(&subject, prior.as_ref(), &[], &[], "rehire")
+            .map_err(engine_err)?;
+        d.effects.cancel_approvals.extend(stale.into_iter().map(|a| a.id));
+        d.effects.clear_exceptions = true;
+        Ok(Some(d))
+    }
+
+    /// Effects of a group change on its member users. `old_name`/`new_name` are the group's displayName before
+    /// and after (None: the group did not exist / no longer exists). A change that would create a conflict with
+    /// an enforce-mode SoD rule is refused with 403 naming the rule; nothing is stored.
+    pub(crate) async fn membership_effects(
+        &self,
+        tenant: &str,
+        group_id: Option<&str>,
+        old_name: Option<&str>,
+        new_name: Option<&str>,
+        ops: &[MemberOp],
+    ) -> Result<Vec<Effects>, ApiError> {
+        let Some(engine) = &self.engine else { return Ok(vec![]) };
+        let current: BTreeSet<String> = match group_id {
+            Some(g) if old_name.is_some() => self
+                .store
+                .members(tenant, g)
+                .await?
+                .into_iter()
+                .map(|m| m.value)
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        let mut after = current.clone();
+        for op in ops {
+            match op {
+                MemberOp::Add(list) => after.extend(list.iter().map(|m| m.value.clone())),
+                MemberOp::Replace(list) => after = list.iter().map(|m| m.value.clone()).collect(),
+                MemberOp::Remove(ids) => ids.iter().for_each(|i| {
+                    after.remove(i);
+                }),
+                MemberOp::RemoveWhere(_) => {}
+            }
+        }
+        if new_name.is_none() {
+            after.clear();
+        }
+        let renamed = old_name.is_some() && new_name.is_some() && old_name != new_name;
+        let affected_ids: BTreeSet<&String> = current
+            .symmetric_difference(&after)
+            .chain(if renamed {
+                after.intersection(&current).collect::<Vec<_>>()
+            } else {
+                vec![]
+            })
+            .collect();
+        let mut affected = Vec::new();
+        for uid in affected_ids {
+            if self.store.get(tenant, ResourceKind::User, uid).await?.is_none() {
+                continue; // a nested group, or a member that is not (yet) a user
+            }
+            let before = self.group_names(tenant, uid).await?;
+            let mut groups: Vec<String> = before.clone();
+            if current.contains(uid)
+                && let Some(old) = old_name
+                && let Some(pos) = groups.iter().position(|g| g == old)
+            {
+                groups.remove(pos);
+            }
+            if after.contains(uid)
+                && let Some(new) = new_name
+            {
+                groups.push(new.to_string());
+            }
+            affected.push(Affected {
+                user: uid.clone(),
+                before,
+                after: groups,
+            });
+        }
+        let mut effects = Vec::with_capacity(affected.len());
+        for a in affected {
+            let Some(user) = self.store.get(tenant, ResourceKind::User, &a.user).await? else {
+                continue;
+            };
+            let Some(d) = self
+                .decide_user(
+                    tenant,
+                    Change {
+                        id: &a.user,
+                        doc: &user.doc,
+                        groups: &a.after,
+                        archived: false,
+                        fresh: false,
+                    },
+                    "membership",
+                )
+                .await?
+            else {
+                continue;
+            };
+            if !d.refused.is_empty() {
+                let was = self.refused_with(engine, tenant, &a.user, &user.doc, &a.before).await?;
+                let new: Vec<&String> = d.refused.iter().filter(|r| !was.contains(*r)).collect();
+                if let Some(rule) = new.first() {
+                    let name = user.doc.get("userName").and_then(Value::as_str).unwrap_or(&a.user);
+                    return Err(ApiError::Forbidden(format!(
+                        "refused by Separation-of-Duties rule {rule}: this membership would give {name} conflicting entitlements"
+                    )));
+                }
+            }
+            effects.push(d.effects);
+        }
+        Ok(effects)
+    }
+
+    /// The SoD rules that refuse grants for this user with these groups (no effects).
+    async fn refused_with(
+        &self,
+        engine: &Engine,
+        tenant: &str,
+        id: &str,
+        doc: &Map<String, Value>,
+        groups: &[String],
+    ) -> Result<HashSet<String>, ApiError> {
+        let prior = self.store.identity_state(tenant, id).await?;
+        let exceptions = self.store.exceptions(tenant, Some(id)).await?;
+        let subject = Subject {
+            tenant,
+            id,
+            doc,
+            groups,
+            archived: false,
+            manager: None,
+        };
+        let plan = Engine::preview(&engine.policy(), &subject, prior.as_ref(), &exceptions, engine.now())
+            .map_err(engine_err)?;
+        Ok(plan.items.into_iter().filter_map(|i| i.refused).collect())
+    }
+
+    /// Re-evaluate one identity (a due timer, a policy change): effects written on their own.
+    pub async fn reevaluate(&self, tenant: &str, id: &str, cause: &str) -> Result<Option<Decision>, ApiError> {
+        for _ in 0..8 {
+            let Some((user, archived)) = self.store.get_with_archived(tenant, id).await? else {
+                return Ok(None);
+            };
+            let groups = if archived {
+                vec![]
+            } else {
+                self.group_names(tenant, id).await?
+            };
+            let Some(d) = self
+                .decide_user(
+                    tenant,
+                    Change {
+                        id,
+                        doc: &user.doc,
+                        groups: &groups,
+                        archived,
+                        fresh: false,
+                    },
+                    cause,
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            match self.store.apply_effects(tenant, std::slice::from_ref(&d.effects)).await {
+                Ok(()) => return Ok(Some(d)),
+                Err(StoreError::StateConflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::StateConflict.into())
+    }
+
+    /// Run what is due: identity timers (start dates, end dates, leaver revocations, exception expiries) and
+    /// approval escalations and expiries. Returns how many things it did.
+    pub async fn tick(&self) -> Result<usize, ApiError> {
+        let Some(engine) = &self.engine else { return Ok(0) };
+        let now = scimgate_scim::resource::format_datetime(engine.now());
+        let mut done = 0;
+        for (tenant, id) in self.store.due_identities(&now, 1000).await? {
+            if self.reevaluate(&tenant, &id, "timer").await?.is_some() {
+                done += 1;
+            }
+        }
+        for (tenant, rec) in self.store.due_approvals(&now, 1000).await? {
+            if let Some(e) = engine.tick_approval(&rec).map_err(engine_err)? {
+                match self.store.apply_effects(&tenant, &[e]).await {
+                    Ok(()) | Err(StoreError::StateConflict) => done += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(done)
+    }
+}
