@@ -11,10 +11,10 @@ venv=${SCIMGATE_VENV:-$here/.venv}
 pg=${SCIMGATE_TEST_PG:-postgres://postgres@127.0.0.1:5432}
 token="conformance-token-$(date +%s%N)"
 work=$(mktemp -d)
-pids=()
 dbs=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # start() runs in a command substitution (a subshell), so its PIDs are kept in a file.
+  if [ -f "$work/pids" ]; then while read -r p; do kill "$p" 2>/dev/null || true; done <"$work/pids"; fi
   for d in "${dbs[@]}"; do psql "$pg/postgres" -q -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
   rm -rf "$work"
 }
@@ -39,7 +39,7 @@ base_path = "/scim/v2"
 tokens = [{ env = "CONFORMANCE_TOKEN" }]
 TOML
   CONFORMANCE_TOKEN=$token "$bin" serve --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
-  pids+=($!)
+  echo $! >>"$work/pids"
   for _ in $(seq 1 200); do
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && { echo "http://127.0.0.1:$port/scim/v2"; return; }
     sleep 0.05

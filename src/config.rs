@@ -37,7 +37,40 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// A separate, unauthenticated listener for Prometheus. Without it, `/metrics` is served on the main
+    /// listener behind admin authentication (any admin role).
+    pub metrics: Option<MetricsConfig>,
     pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// e.g. `127.0.0.1:9464`: bind it to an interface only Prometheus reaches.
+    pub listen: SocketAddr,
+}
+
+/// Requests per second with a burst, per tenant and per credential (token or JWT subject).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    pub burst: u32,
+    pub per_token_per_second: Option<u32>,
+    pub per_token_burst: Option<u32>,
+}
+
+/// OAuth2 JWT bearer tokens from an IdP: signature (keys from a JWKS file or URL), issuer, audience, expiry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    /// How long fetched keys are cached, in seconds.
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_cache_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +164,8 @@ impl Default for ServerConfig {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Require client certificates signed by this CA (mTLS); connections without one are refused.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,7 +248,11 @@ pub struct TenantConfig {
     pub base_path: String,
     /// Absolute URL of `base_path` for meta.location; derived from the Host header when absent.
     pub public_url: Option<String>,
+    #[serde(default)]
     pub tokens: Vec<TokenSource>,
+    /// Accept JWT bearer tokens too (OAuth2 client credentials from the IdP).
+    pub jwt: Option<JwtConfig>,
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// Where a bearer token comes from. Only its SHA-256 is kept in memory.
@@ -228,6 +267,9 @@ pub struct TokenSource {
     pub sha256: Option<String>,
 }
 
+fn default_jwks_ttl() -> u64 {
+    300
+}
 fn default_tick() -> u64 {
     5
 }
@@ -287,6 +329,8 @@ pub struct Tenant {
     pub base_path: String,
     pub public_url: Option<String>,
     pub token_hashes: Vec<[u8; 32]>,
+    pub jwt: Option<JwtConfig>,
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -343,8 +387,27 @@ impl Config {
                 )));
             }
             paths.push(&t.base_path);
-            if t.tokens.is_empty() {
-                return Err(invalid(format!("tenant {}: at least one token is required", t.id)));
+            if t.tokens.is_empty() && t.jwt.is_none() {
+                return Err(invalid(format!(
+                    "tenant {}: at least one token or a jwt section is required",
+                    t.id
+                )));
+            }
+            if let Some(j) = &t.jwt
+                && j.jwks_file.is_some() == j.jwks_url.is_some()
+            {
+                return Err(invalid(format!(
+                    "tenant {}: jwt needs exactly one of jwks_file and jwks_url",
+                    t.id
+                )));
+            }
+            if let Some(r) = &t.rate_limit
+                && (r.per_second == 0
+                    || r.burst == 0
+                    || r.per_token_per_second == Some(0)
+                    || r.per_token_burst == Some(0))
+            {
+                return Err(invalid(format!("tenant {}: rate limits must be positive", t.id)));
             }
         }
         if self.scim.max_page_size == 0 || self.scim.default_page_size > self.scim.max_page_size {
@@ -393,6 +456,8 @@ impl Config {
                     base_path: t.base_path.clone(),
                     public_url: t.public_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
                     token_hashes: hashes,
+                    jwt: t.jwt.clone(),
+                    rate_limit: t.rate_limit.clone(),
                 })
             })
             .collect()

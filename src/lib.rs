@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod engine;
 pub mod http;
 mod lifecycle;
+pub mod metrics;
 pub mod schemas;
 pub mod server;
 pub mod service;
@@ -26,6 +27,7 @@ use scimgate_store::{SqlStore, StoreError};
 use crate::config::Config;
 use crate::cursor::CursorKey;
 use crate::http::AppState;
+use crate::http::auth::TenantGuard;
 use crate::service::{Limits, ScimService};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +48,7 @@ pub enum StartError {
 /// lifecycle engine when a policy is configured.
 pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> Result<Arc<AppState>, StartError> {
     let reg = Arc::new(schemas::load(&cfg.scim.schemas_dir)?);
-    let tenants = cfg.tenants()?.into_iter().map(Arc::new).collect();
+    let tenants: Vec<Arc<config::Tenant>> = cfg.tenants()?.into_iter().map(Arc::new).collect();
     let store = SqlStore::connect(&StoreOptions {
         url: cfg.store.url.clone(),
         max_connections: cfg.store.max_connections,
@@ -78,9 +80,14 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
         limits: Limits::from(&cfg.scim),
         cursor_key,
     };
+    let guards = tenants
+        .iter()
+        .map(|t: &Arc<config::Tenant>| (t.id.clone(), Arc::new(TenantGuard::new(t.clone()))))
+        .collect();
     Ok(Arc::new(AppState {
         service,
         admins: cfg.admin_users()?,
+        guards,
         tenants,
         max_body_bytes: cfg.server.max_body_bytes,
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),

@@ -322,6 +322,7 @@ impl ScimService {
                 }
             }
         }
+        crate::metrics::METRICS.lifecycle_timers.inc_by(done as u64);
         Ok(done)
     }
 }

@@ -80,7 +80,7 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let tenants = cfg.tenants()?;
     let reg = scimgate::schemas::load(&cfg.scim.schemas_dir)?;
     if let Some(tls) = &cfg.server.tls {
-        server::tls_config(&tls.cert, &tls.key)?;
+        server::tls_config(&tls.cert, &tls.key, tls.client_ca.as_deref())?;
     }
     cfg.admin_users()?;
     if let Some(p) = &cfg.policy {
@@ -110,9 +110,13 @@ async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> 
         spawn_reload_on_sighup(state.clone());
     }
     let tls = match &cfg.server.tls {
-        Some(t) => Some(server::tls_config(&t.cert, &t.key)?),
+        Some(t) => Some(server::tls_config(&t.cert, &t.key, t.client_ca.as_deref())?),
         None => None,
     };
+    if let Some(m) = &cfg.metrics {
+        spawn_metrics_listener(state.clone(), m.listen).await?;
+    }
+    spawn_housekeeping(state.clone());
     let addr = listen.unwrap_or(cfg.server.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -185,4 +189,38 @@ async fn plan(config: PathBuf, candidate: PathBuf, only: Option<String>) -> anyh
     }
     eprintln!("plan computed in {:.2?}", started.elapsed());
     Ok(())
+}
+
+/// Prometheus on its own listener, no authentication: bind it where only the scraper reaches.
+async fn spawn_metrics_listener(state: Arc<AppState>, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind metrics {addr}"))?;
+    tracing::info!(%addr, "serving /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let state = state.clone();
+            async move { scimgate::http::admin::render_metrics(&state).await }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Periodic upkeep: forget idle per-credential rate-limit buckets.
+fn spawn_housekeeping(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            for g in state.guards.values() {
+                g.shrink();
+            }
+        }
+    });
 }

@@ -233,6 +233,7 @@ impl ScimService {
         Ok(Some(hash))
     }
 
+    #[tracing::instrument(name = "scim.create", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn create(
         &self,
         cx: &Ctx,
@@ -319,6 +320,7 @@ impl ScimService {
         Ok(patch::split_members(&self.reg, vec![op])?.0)
     }
 
+    #[tracing::instrument(name = "scim.get", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn get(
         &self,
         cx: &Ctx,
@@ -343,6 +345,7 @@ impl ScimService {
         }
     }
 
+    #[tracing::instrument(name = "scim.replace", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn replace(
         &self,
         cx: &Ctx,
@@ -396,6 +399,7 @@ impl ScimService {
         Err(ApiError::PreconditionFailed)
     }
 
+    #[tracing::instrument(name = "scim.patch", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn patch(
         &self,
         cx: &Ctx,
@@ -495,6 +499,7 @@ impl ScimService {
         Ok(out)
     }
 
+    #[tracing::instrument(name = "scim.delete", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn delete(
         &self,
         cx: &Ctx,
@@ -623,6 +628,7 @@ impl ScimService {
     }
 
     /// List or search one resource type, or both (root `.search`) when `kind` is `None`.
+    #[tracing::instrument(name = "scim.list", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn list(&self, cx: &Ctx, kind: Option<ResourceKind>, p: &ListParams) -> Result<Value, ApiError> {
         let kinds: Vec<ResourceKind> = match kind {
             Some(k) => vec![k],
@@ -769,6 +775,7 @@ impl ScimService {
     }
 
     /// Run a Bulk request (RFC 7644 §3.7).
+    #[tracing::instrument(name = "scim.bulk", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn bulk(&self, cx: &Ctx, body: Value) -> Result<Value, ApiError> {
         let n = bulk::count_ops(&body);
         if n > self.limits.bulk_max_ops {

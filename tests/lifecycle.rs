@@ -943,3 +943,80 @@ async fn preview_shows_what_a_new_policy_would_grant_and_revoke() {
         .await;
     assert_eq!(s, 400, "{v}");
 }
+
+/// `/metrics`, scraped after a scenario, shows every family with non-zero values where the scenario exercised it.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_every_family_the_scenario_exercised() {
+    let w = World::new().await;
+    let boss = w.create(employee("boss", "Sales", json!({}))).await;
+    let dual = w
+        .create(employee("dual", "Finance", json!({ENT: {"manager": boss}})))
+        .await;
+    w.patch(
+        &dual,
+        json!([{"op": "replace", "path": "title", "value": "AP Manager"}]),
+    )
+    .await; // SoD refused
+    w.create(employee(
+        "priv",
+        "Sales",
+        json!({ENT: {"manager": boss}, WF: {"jobCode": "ERPADM"}}),
+    ))
+    .await; // held
+    let (s, _) = w.scim(Method::GET, "/Users?filter=userName%20zz", None).await; // scim error
+    assert_eq!(s, 400);
+    let (s, _) = w.scim(Method::DELETE, &format!("/Users/{dual}"), None).await; // leaver: lock
+    assert_eq!(s, 204);
+    w.advance(Duration::days(2));
+    assert!(w.tick().await >= 1);
+    let (s, text) = w.send(Method::GET, "/metrics", &token("audit"), None).await;
+    assert_eq!(s, 200);
+    let text = match text {
+        Value::Null => {
+            // Not JSON: fetch the raw text.
+            let req = Request::builder()
+                .uri("/metrics")
+                .header(header::AUTHORIZATION, format!("Bearer {}", token("audit")))
+                .body(Body::empty())
+                .expect("request");
+            let resp = app(w.state.clone()).oneshot(req).await.expect("infallible");
+            String::from_utf8(
+                axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .expect("body")
+                    .to_vec(),
+            )
+            .expect("utf8")
+        }
+        other => other.to_string(),
+    };
+    let value = |family: &str, needle: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(family) && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
+    assert!(value("scimgate_http_requests_total", "tenant=\"acme\"") > 0.0, "{text}");
+    assert!(
+        value(
+            "scimgate_http_request_duration_seconds_count",
+            "route=\"/scim/v2/Users\""
+        ) > 0.0
+    );
+    assert!(value("scimgate_scim_errors_total", "scim_type=\"invalidFilter\"") > 0.0);
+    assert!(value("scimgate_policy_decisions_total", "cause=\"create\"") > 0.0);
+    assert!(value("scimgate_policy_decisions_total", "cause=\"timer\"") > 0.0);
+    assert!(value("scimgate_plan_items_total", "status=\"refused\"") > 0.0);
+    assert!(value("scimgate_sod_violations_total", "rule=\"vendor-payments\"") > 0.0);
+    assert!(
+        value(
+            "scimgate_approvals_pending",
+            "stage=\"manager\",tenant=\"acme\",tier=\"high\""
+        ) > 0.0,
+        "{text}"
+    );
+    assert!(value("scimgate_leaver_time_to_lock_seconds_count", "") > 0.0);
+    assert!(value("scimgate_lifecycle_timers_total", "") > 0.0);
+    // Without an admin token there is nothing to scrape.
+    assert_eq!(w.send(Method::GET, "/metrics", SCIM_TOKEN, None).await.0, 401);
+}

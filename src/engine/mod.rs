@@ -220,6 +220,7 @@ impl Engine {
     }
 
     /// Decide on one identity: the effects to write with the change that caused it.
+    #[tracing::instrument(name = "policy.decide", skip_all, fields(tenant = s.tenant, identity = s.id, cause))]
     pub fn decide(
         &self,
         s: &Subject<'_>,
@@ -318,6 +319,7 @@ impl Engine {
                 })
             })
             .transpose()?;
+        self.observe(&policy, cause, &eval, &items, now);
         for it in &items {
             if let ItemStatus::Refused { rule } = &it.status {
                 tracing::warn!(tenant = s.tenant, identity = s.id, rule = %rule, entitlement = ?it.item.entitlement, "SoD refused a grant");
@@ -337,6 +339,61 @@ impl Engine {
             refused,
             items,
         })
+    }
+
+    /// Metrics for one decision: the evaluation, its plan items, SoD conflicts, and a leaver's time to lock.
+    fn observe(
+        &self,
+        policy: &Policy,
+        cause: &str,
+        eval: &scimgate_policy::Evaluation,
+        items: &[RecordedItem],
+        now: DateTime<Utc>,
+    ) {
+        let m = &crate::metrics::METRICS;
+        let state = match &eval.state {
+            scimgate_policy::LifecycleState::PreHire { .. } => "pre_hire",
+            scimgate_policy::LifecycleState::Active => "active",
+            scimgate_policy::LifecycleState::Leave => "leave",
+            scimgate_policy::LifecycleState::Leaver { .. } => "leaver",
+            scimgate_policy::LifecycleState::Invalid { .. } => "invalid",
+        };
+        let mode = match policy.mode() {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Shadow => "shadow",
+        };
+        m.policy_decisions.with_label_values(&[cause, state, mode]).inc();
+        for hit in eval.sod.iter().filter(|h| !h.excepted) {
+            let mode = match hit.mode {
+                scimgate_policy::SodMode::Record => "record",
+                scimgate_policy::SodMode::Approve => "approve",
+                scimgate_policy::SodMode::Enforce => "enforce",
+            };
+            m.sod_violations.with_label_values(&[&hit.rule, mode]).inc();
+        }
+        let mut locked = false;
+        for it in items {
+            let action = match &it.item.action {
+                scimgate_policy::Action::CreateAccount { .. } => "create_account",
+                scimgate_policy::Action::EnableAccount => "enable_account",
+                scimgate_policy::Action::DisableAccount => "disable_account",
+                scimgate_policy::Action::DeleteAccount => "delete_account",
+                scimgate_policy::Action::Grant => "grant",
+                scimgate_policy::Action::Revoke => "revoke",
+            };
+            let status = match &it.status {
+                ItemStatus::Accepted => "accepted",
+                ItemStatus::Held { .. } => "held",
+                ItemStatus::Refused { .. } => "refused",
+                ItemStatus::Shadow => "shadow",
+            };
+            locked |= action == "disable_account" && status == "accepted";
+            m.plan_items.with_label_values(&[&it.item.target, action, status]).inc();
+        }
+        if let (true, scimgate_policy::LifecycleState::Leaver { since }) = (locked, &eval.state) {
+            m.leaver_time_to_lock
+                .observe((now - *since).num_milliseconds().max(0) as f64 / 1000.0);
+        }
     }
 
     /// A pending request whose current stage nobody has decided yet follows the identity: if the stage's
@@ -520,6 +577,10 @@ impl Engine {
         }
         out.request = serde_json::to_string(&req)?;
         let status = out.status.clone();
+        crate::metrics::METRICS
+            .approval_decisions
+            .with_label_values(&[&status])
+            .inc();
         effects.update_approvals.push(out);
         Ok((effects, status))
     }
@@ -541,6 +602,10 @@ impl Engine {
                 stage: stage_id,
                 reason: "no decision before the deadline".into(),
             });
+            crate::metrics::METRICS
+                .approval_decisions
+                .with_label_values(&["expired"])
+                .inc();
         } else if rec.escalate_at.as_deref().is_some_and(due) {
             out.escalate_at = None;
             if let Some(stage) = req.stages.get_mut(req.stage) {

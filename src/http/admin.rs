@@ -12,8 +12,8 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -26,19 +26,32 @@ use crate::config::{AdminRole, AdminUser, sha256};
 use crate::engine::{ApprovalRequest, Engine, Subject};
 use crate::lifecycle::engine_err;
 
+/// Every admin route (and `/metrics`). The router is built from this table and the security tests walk it.
+pub fn admin_routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("/metrics", get(metrics)),
+        ("/admin/v1/policy", get(policy_info)),
+        ("/admin/v1/policy/reload", post(policy_reload)),
+        ("/admin/v1/tick", post(tick)),
+        ("/admin/v1/tenants/{tenant}/policy/preview", post(policy_preview)),
+        ("/admin/v1/tenants/{tenant}/approvals", get(list_approvals)),
+        ("/admin/v1/tenants/{tenant}/approvals/{id}", get(get_approval)),
+        ("/admin/v1/tenants/{tenant}/approvals/{id}/decision", post(decide)),
+        ("/admin/v1/tenants/{tenant}/identities/{id}", get(identity)),
+        ("/admin/v1/tenants/{tenant}/plans", get(plans)),
+        ("/admin/v1/tenants/{tenant}/sod/exceptions", get(exceptions)),
+    ]
+}
+
 pub fn routes(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/admin/v1/policy", get(policy_info))
-        .route("/admin/v1/policy/reload", post(policy_reload))
-        .route("/admin/v1/tick", post(tick))
-        .route("/admin/v1/tenants/{tenant}/policy/preview", post(policy_preview))
-        .route("/admin/v1/tenants/{tenant}/approvals", get(list_approvals))
-        .route("/admin/v1/tenants/{tenant}/approvals/{id}", get(get_approval))
-        .route("/admin/v1/tenants/{tenant}/approvals/{id}/decision", post(decide))
-        .route("/admin/v1/tenants/{tenant}/identities/{id}", get(identity))
-        .route("/admin/v1/tenants/{tenant}/plans", get(plans))
-        .route("/admin/v1/tenants/{tenant}/sod/exceptions", get(exceptions))
-        .with_state(state)
+    let mut router = Router::new();
+    for (path, methods) in admin_routes() {
+        router = router.route(
+            path,
+            methods.fallback(|| async { ApiError::MethodNotAllowed("method not allowed on this endpoint".into()) }),
+        );
+    }
+    router.with_state(state)
 }
 
 /// The authenticated admin user.
@@ -96,6 +109,35 @@ fn tenant(state: &AppState, id: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::NotFound(format!("tenant {id} not found")))
     }
+}
+
+/// Prometheus text format, behind admin authentication (any role).
+async fn metrics(State(st): State<Arc<AppState>>, admin: Admin) -> Result<Response, ApiError> {
+    admin.require(READERS)?;
+    Ok(render_metrics(&st).await)
+}
+
+/// Refresh the gauges that mirror stored state, then render every metric.
+pub async fn render_metrics(st: &AppState) -> Response {
+    let m = &crate::metrics::METRICS;
+    m.approvals_pending.reset();
+    for t in &st.tenants {
+        let Ok(pending) = st.service.store.approvals(&t.id, Some("pending"), None).await else {
+            continue;
+        };
+        for a in pending {
+            if let Ok(req) = serde_json::from_str::<ApprovalRequest>(&a.request) {
+                let stage = req.stages.get(req.stage).map_or("-", |s| s.id.as_str()).to_string();
+                m.approvals_pending.with_label_values(&[&t.id, &req.tier, &stage]).inc();
+            }
+        }
+    }
+    let mut r = (StatusCode::OK, m.render()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
 }
 
 async fn policy_info(State(st): State<Arc<AppState>>, admin: Admin) -> Result<Response, ApiError> {

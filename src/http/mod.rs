@@ -5,6 +5,7 @@
 //! through [`error::ApiError`] as a SCIM error body.
 
 pub mod admin;
+pub mod auth;
 pub mod discovery;
 pub mod error;
 mod resources;
@@ -16,17 +17,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
-use subtle::ConstantTimeEq;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{Tenant, sha256};
+use crate::config::Tenant;
 use crate::service::ScimService;
 use error::ApiError;
 
@@ -37,6 +37,8 @@ pub struct AppState {
     pub service: ScimService,
     pub tenants: Vec<Arc<Tenant>>,
     pub admins: Vec<crate::config::AdminUser>,
+    /// Authentication and rate limits, per tenant id.
+    pub guards: std::collections::HashMap<String, Arc<auth::TenantGuard>>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     /// `https` when serving TLS; used for meta.location when a tenant has no public_url.
@@ -66,6 +68,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let x_request_id = header::HeaderName::from_static("x-request-id");
     router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::disable())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -135,7 +138,7 @@ fn tenant_router(ts: TenantState) -> Router {
         .with_state(ts)
 }
 
-/// Bearer-token check: hash the presented token and compare it with every stored hash in constant time.
+/// Authentication (static token or JWT) and rate limits for a tenant's routes.
 async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
@@ -143,18 +146,48 @@ async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
-    let Some(token) = presented else {
-        return ApiError::Unauthorized("a bearer token is required".into()).into_response();
+    let Some(guard) = ts.app.guards.get(&ts.tenant.id) else {
+        return ApiError::Unauthorized("unknown tenant".into()).into_response();
     };
-    let hash = sha256(token.as_bytes());
-    let mut ok = subtle::Choice::from(0u8);
-    for h in &ts.tenant.token_hashes {
-        ok |= h.ct_eq(&hash);
-    }
-    if !bool::from(ok) {
-        return ApiError::Unauthorized("the bearer token is not valid for this tenant".into()).into_response();
+    let credential = match guard.authenticate(presented).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = guard.check_rate(&credential) {
+        return e.into_response();
     }
     next.run(req).await
+}
+
+/// Request count and latency by route template, method, status and tenant (all bounded).
+async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
+    let path = req.uri().path();
+    let tenant = state
+        .tenants
+        .iter()
+        .find(|t| path == t.base_path || path.starts_with(&format!("{}/", t.base_path)))
+        .map_or("-", |t| t.id.as_str())
+        .to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let labels = [route.as_str(), method.as_str(), status.as_str(), tenant.as_str()];
+    crate::metrics::METRICS.http_requests.with_label_values(&labels).inc();
+    crate::metrics::METRICS
+        .http_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -33,9 +33,19 @@ async fn state() -> Arc<AppState> {
         base_path: "/scim/v2".into(),
         public_url: Some("https://idp.example.com/scim/v2".into()),
         token_hashes: vec![sha256(TOKEN.as_bytes())],
+        jwt: None,
+        rate_limit: None,
     };
+    let tenant = Arc::new(tenant);
+    let guards = [(
+        tenant.id.clone(),
+        Arc::new(super::auth::TenantGuard::new(tenant.clone())),
+    )]
+    .into_iter()
+    .collect();
     Arc::new(AppState {
         admins: vec![],
+        guards,
         service: ScimService {
             reg: Arc::new(reg),
             store: Arc::new(store),
@@ -43,7 +53,7 @@ async fn state() -> Arc<AppState> {
             limits: Limits::from(&crate::config::ScimConfig::default()),
             cursor_key: CursorKey::new([1; 32]),
         },
-        tenants: vec![Arc::new(tenant)],
+        tenants: vec![tenant],
         max_body_bytes: 64 * 1024,
         request_timeout: Duration::from_secs(10),
         scheme: "http",
@@ -90,6 +100,29 @@ async fn every_route_and_method_requires_the_tenant_token() {
                 assert_eq!(v["status"], "401");
                 assert_eq!(v["schemas"], json!(["urn:ietf:params:scim:api:messages:2.0:Error"]));
                 assert!(h.contains_key(header::WWW_AUTHENTICATE));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_admin_route_requires_an_admin_token() {
+    let st = state().await;
+    let routes = super::admin::admin_routes();
+    assert!(routes.len() >= 11);
+    for (path, _) in routes {
+        let concrete = path.replace("{tenant}", "t").replace("{id}", "x");
+        for method in [Method::GET, Method::POST] {
+            // No token, a wrong token, and the tenant's SCIM token (which is not an admin token).
+            for token in [None, Some("wrong-token-0123456789"), Some(TOKEN)] {
+                let (s, v, _) = send(&st, method.clone(), &concrete, token, None).await;
+                assert!(
+                    s == StatusCode::UNAUTHORIZED || (s == StatusCode::METHOD_NOT_ALLOWED && v["status"] == "405"),
+                    "{method} {concrete} with {token:?}: {s}"
+                );
+                if s == StatusCode::UNAUTHORIZED {
+                    assert_eq!(v["status"], "401");
+                }
             }
         }
     }

@@ -64,6 +64,10 @@ pub struct Options {
     pub extra_schemas: Vec<PathBuf>,
     /// Extra TOML appended to the config.
     pub extra_config: String,
+    /// RUST_LOG for the gateway (default `info,scimgate=debug`).
+    pub rust_log: Option<String>,
+    /// Replace the default tenant block (for tenants with JWT, rate limits, several tokens).
+    pub tenant_block: Option<String>,
 }
 
 impl Default for Options {
@@ -72,6 +76,8 @@ impl Default for Options {
             backend: Backend::Sqlite,
             extra_schemas: vec![],
             extra_config: String::new(),
+            rust_log: None,
+            tenant_block: None,
         }
     }
 }
@@ -112,9 +118,13 @@ impl Gateway {
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 5\n\n[store]\nurl = \"{url}\"\n\n\
-                 [scim]\nschemas_dir = \"schemas\"\n\n{}\n\n[[tenants]]\nid = \"default\"\nbase_path = \"/scim/v2\"\n\
-                 tokens = [{{ env = \"SCIMGATE_TEST_TOKEN\" }}]\n",
-                opts.extra_config
+                 [scim]\nschemas_dir = \"schemas\"\n\n{}\n\n{}\n",
+                opts.extra_config,
+                opts.tenant_block.clone().unwrap_or_else(|| {
+                    "[[tenants]]\nid = \"default\"\nbase_path = \"/scim/v2\"\n\
+                     tokens = [{ env = \"SCIMGATE_TEST_TOKEN\" }]\n"
+                        .to_string()
+                })
             ),
         )
         .expect("write config");
@@ -123,7 +133,7 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(&config)
             .env("SCIMGATE_TEST_TOKEN", TOKEN)
-            .env("RUST_LOG", "info,scimgate=debug")
+            .env("RUST_LOG", opts.rust_log.as_deref().unwrap_or("info,scimgate=debug"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

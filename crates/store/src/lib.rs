@@ -5,6 +5,7 @@
 //! SQL over indexed columns, and the rest is evaluated in memory with the same semantics. Versions and
 //! uniqueness are checked inside the write transaction: an update is a compare-and-swap on `version`.
 
+pub mod audit;
 pub mod lifecycle;
 mod lower;
 pub mod sql;
@@ -16,6 +17,7 @@ use scimgate_scim::filter::{AttrPath, Filter};
 use scimgate_scim::patch::{Member, MemberOp};
 use scimgate_scim::schema::{Registry, ResourceKind};
 
+pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditStore, VerifyReport};
 pub use lifecycle::{ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord, StateWrite};
 pub use sql::SqlStore;
 
@@ -168,8 +170,8 @@ pub trait LifecycleStore: Send + Sync + 'static {
 }
 
 /// Everything the gateway needs of a store.
-pub trait Backend: Store + LifecycleStore {}
-impl<T: Store + LifecycleStore> Backend for T {}
+pub trait Backend: Store + LifecycleStore + AuditStore {}
+impl<T: Store + LifecycleStore + AuditStore> Backend for T {}
 
 /// Indexed columns extracted from a canonical document.
 pub(crate) fn str_at<'d>(doc: &'d Map<String, Value>, key: &str) -> Option<&'d str> {

@@ -970,3 +970,10 @@ impl LifecycleStore for SqlStore {
         Ok(rows)
     }
 }
+
+impl SqlStore {
+    /// The pool, for the store's other modules (the audit trail).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
