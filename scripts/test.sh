@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of scimgate on this machine: gates, unit/property/router tests, integration tests against the
-# real binary on SQLite and PostgreSQL, IdP replay fixtures, and scim2-tester conformance.
+# real binary on SQLite and PostgreSQL, the lifecycle and security suites, IdP replay fixtures, scim2-tester
+# conformance, and schemathesis against the OpenAPI document.
 #
 #   scripts/test.sh
 #
@@ -64,5 +65,8 @@ cargo nextest run --workspace --locked --profile ci
 
 log "conformance: scim2-tester"
 SCIMGATE_BIN="$target/debug/scimgate" SCIMGATE_VENV="$venv" bash conformance/run.sh
+
+log "schemathesis: the OpenAPI document against the running gateway"
+SCIMGATE_BIN="$target/debug/scimgate" SCHEMATHESIS_VENV="$venv" bash conformance/schemathesis.sh
 
 log "all tests passed"

@@ -230,6 +230,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter such as `info,scimgate=debug`; `RUST_LOG` wins when set.
     pub filter: Option<String>,
+    /// Export spans over OTLP/HTTP to this endpoint (e.g. `http://127.0.0.1:4318/v1/traces`). Needs a build with
+    /// the `otlp` feature.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use std::sync::Arc;
 
@@ -50,17 +50,50 @@ enum Command {
     },
 }
 
-fn init_logging(cfg: &Config) {
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(cfg.log.filter.as_deref().unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Pretty => builder.init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match cfg.log.format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).boxed(),
+        LogFormat::Pretty => fmt.boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    match &cfg.log.otlp_endpoint {
+        None => registry.init(),
+        #[cfg(feature = "otlp")]
+        Some(endpoint) => registry.with(otlp_layer(endpoint)?).init(),
+        #[cfg(not(feature = "otlp"))]
+        Some(_) => anyhow::bail!("log.otlp_endpoint is set but this build has no `otlp` feature"),
     }
+    Ok(())
+}
+
+#[cfg(feature = "otlp")]
+fn otlp_layer<S>(endpoint: &str) -> anyhow::Result<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint)
+        .build()?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("scimgate")
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("scimgate");
+    opentelemetry::global::set_tracer_provider(provider);
+    Ok(tracing_opentelemetry::layer().with_tracer(tracer))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,7 +135,7 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
 
 async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let cfg = Config::load(&path).with_context(|| format!("config {}", path.display()))?;
-    init_logging(&cfg);
+    init_logging(&cfg)?;
     let state = scimgate::build_state(&cfg, Arc::new(SystemClock)).await?;
     if let (Some(engine), Some(p)) = (&state.service.engine, &cfg.policy) {
         tracing::info!(policy_hash = %engine.policy().hash(), "lifecycle engine running");

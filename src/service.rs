@@ -810,6 +810,11 @@ impl ScimService {
             }
             let (location, version) = match &outcome {
                 Ok((_, _, o)) => (o.location.clone(), o.etag.clone()),
+                // RFC 7644 §3.7.3: every result but a failed POST carries the resource's location.
+                Err(_) if op.method != Method::Post => {
+                    let path = bulk::substitute_path(&op.path, &ids).unwrap_or_else(|_| op.path.clone());
+                    (Some(format!("{}/{}", cx.base_url, path.trim_start_matches('/'))), None)
+                }
                 Err(_) => (None, None),
             };
             results[i] = Some(op_result(op, location, version, outcome.map(|(s, _, _)| s)));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 use scimgate_store::{ApprovalRecord, PlanRecord};
 
 use super::error::ApiError;
+use super::extract::{ScimPath, ScimQuery, bearer};
 use super::{AppState, json_response, read_json};
 use crate::config::{AdminRole, AdminUser, sha256};
 use crate::engine::{ApprovalRequest, Engine, Subject};
@@ -74,12 +75,8 @@ impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("an admin bearer token is required".into()))?;
+        let token =
+            bearer(&parts.headers).ok_or_else(|| ApiError::Unauthorized("an admin bearer token is required".into()))?;
         let hash = sha256(token.trim().as_bytes());
         let mut found = None;
         for u in &state.admins {
@@ -202,10 +199,16 @@ async fn tick(State(st): State<Arc<AppState>>, admin: Admin) -> Result<Response,
 async fn policy_preview(
     State(st): State<Arc<AppState>>,
     admin: Admin,
-    Path(t): Path<String>,
-    body: String,
+    ScimPath(t): ScimPath<String>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     admin.require(&[AdminRole::Operator, AdminRole::Auditor])?;
+    let limit = st.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes")))?;
+    let body = String::from_utf8(bytes.to_vec())
+        .map_err(|_| scimgate_scim::ProtocolError::InvalidSyntax("the policy must be UTF-8 TOML".into()))?;
     tenant(&st, &t)?;
     let e = engine(&st)?;
     let candidate = match scimgate_policy::Policy::parse(&body, "candidate policy") {
@@ -314,8 +317,8 @@ fn approval_json(a: &ApprovalRecord) -> Result<Value, ApiError> {
 async fn list_approvals(
     State(st): State<Arc<AppState>>,
     admin: Admin,
-    Path(t): Path<String>,
-    Query(q): Query<ApprovalQuery>,
+    ScimPath(t): ScimPath<String>,
+    ScimQuery(q): ScimQuery<ApprovalQuery>,
 ) -> Result<Response, ApiError> {
     admin.require(READERS)?;
     tenant(&st, &t)?;
@@ -345,7 +348,7 @@ async fn list_approvals(
 async fn get_approval(
     State(st): State<Arc<AppState>>,
     admin: Admin,
-    Path((t, id)): Path<(String, String)>,
+    ScimPath((t, id)): ScimPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     admin.require(READERS)?;
     tenant(&st, &t)?;
@@ -368,7 +371,7 @@ struct DecisionBody {
 async fn decide(
     State(st): State<Arc<AppState>>,
     admin: Admin,
-    Path((t, id)): Path<(String, String)>,
+    ScimPath((t, id)): ScimPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -417,7 +420,7 @@ async fn decide(
 async fn identity(
     State(st): State<Arc<AppState>>,
     admin: Admin,
-    Path((t, id)): Path<(String, String)>,
+    ScimPath((t, id)): ScimPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     admin.require(READERS)?;
     tenant(&st, &t)?;
@@ -473,8 +476,8 @@ fn plan_json(p: &PlanRecord) -> Value {
 async fn plans(
     State(st): State<Arc<AppState>>,
     admin: Admin,
-    Path(t): Path<String>,
-    Query(q): Query<PlanQuery>,
+    ScimPath(t): ScimPath<String>,
+    ScimQuery(q): ScimQuery<PlanQuery>,
 ) -> Result<Response, ApiError> {
     admin.require(READERS)?;
     tenant(&st, &t)?;
@@ -489,7 +492,7 @@ async fn plans(
 async fn exceptions(
     State(st): State<Arc<AppState>>,
     admin: Admin,
-    Path(t): Path<String>,
+    ScimPath(t): ScimPath<String>,
 ) -> Result<Response, ApiError> {
     admin.require(READERS)?;
     tenant(&st, &t)?;

@@ -1,6 +1,6 @@
 //! Discovery endpoints (RFC 7644 §4), generated from the loaded schemas and the configured limits.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -9,6 +9,7 @@ use scimgate_scim::schema::ResourceType;
 use scimgate_scim::urn;
 
 use super::error::ApiError;
+use super::extract::ScimPath;
 use super::resources::base_url;
 use super::{TenantState, json_response};
 
@@ -79,7 +80,7 @@ pub async fn resource_types(State(ts): State<TenantState>, headers: HeaderMap) -
 pub async fn resource_type(
     State(ts): State<TenantState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ScimPath(id): ScimPath<String>,
 ) -> Result<Response, ApiError> {
     let base = base_url(&ts, &headers);
     let rt = ts
@@ -116,7 +117,7 @@ pub async fn schemas(State(ts): State<TenantState>, headers: HeaderMap) -> Respo
 pub async fn schema(
     State(ts): State<TenantState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ScimPath(id): ScimPath<String>,
 ) -> Result<Response, ApiError> {
     let base = base_url(&ts, &headers);
     let s = ts

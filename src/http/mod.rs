@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod discovery;
 pub mod error;
+pub mod extract;
 mod resources;
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,7 @@ pub struct TenantState {
 pub fn app(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi))
         .route("/readyz", get(readyz).with_state(state.clone()))
         .merge(admin::routes(state.clone()));
     for tenant in &state.tenants {
@@ -140,12 +142,7 @@ fn tenant_router(ts: TenantState) -> Router {
 
 /// Authentication (static token or JWT) and rate limits for a tenant's routes.
 async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let presented = extract::bearer(req.headers());
     let Some(guard) = ts.app.guards.get(&ts.tenant.id) else {
         return ApiError::Unauthorized("unknown tenant".into()).into_response();
     };
@@ -188,6 +185,16 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
     resp
+}
+
+/// The OpenAPI document of the SCIM and admin APIs (tests check it against the route tables).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    let mut r = (StatusCode::OK, OPENAPI).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde_json::Value;
@@ -11,10 +11,11 @@ use serde_json::Value;
 use scimgate_scim::schema::ResourceKind;
 
 use super::error::ApiError;
+use super::extract::{ScimPath, ScimQuery};
 use super::{TenantState, json_response, read_json, respond};
 use crate::service::{Ctx, ListParams, Preconditions};
 
-type Params = Query<HashMap<String, String>>;
+type Params = ScimQuery<HashMap<String, String>>;
 
 fn ctx(ts: &TenantState, headers: &HeaderMap) -> Ctx {
     let base_url = match &ts.tenant.public_url {
@@ -187,7 +188,7 @@ macro_rules! kind_handlers {
         pub async fn $list(
             State(ts): State<TenantState>,
             headers: HeaderMap,
-            Query(q): Params,
+            ScimQuery(q): Params,
         ) -> Result<Response, ApiError> {
             list(ts, headers, Some($kind), list_params(&q)).await
         }
@@ -201,7 +202,7 @@ macro_rules! kind_handlers {
         pub async fn $create(
             State(ts): State<TenantState>,
             headers: HeaderMap,
-            Query(q): Params,
+            ScimQuery(q): Params,
             body: Body,
         ) -> Result<Response, ApiError> {
             create(ts, headers, q, $kind, body).await
@@ -209,16 +210,16 @@ macro_rules! kind_handlers {
         pub async fn $get(
             State(ts): State<TenantState>,
             headers: HeaderMap,
-            Query(q): Params,
-            Path(id): Path<String>,
+            ScimQuery(q): Params,
+            ScimPath(id): ScimPath<String>,
         ) -> Result<Response, ApiError> {
             get_one(ts, headers, q, $kind, id).await
         }
         pub async fn $replace(
             State(ts): State<TenantState>,
             headers: HeaderMap,
-            Query(q): Params,
-            Path(id): Path<String>,
+            ScimQuery(q): Params,
+            ScimPath(id): ScimPath<String>,
             body: Body,
         ) -> Result<Response, ApiError> {
             replace(ts, headers, q, $kind, id, body).await
@@ -226,8 +227,8 @@ macro_rules! kind_handlers {
         pub async fn $patch(
             State(ts): State<TenantState>,
             headers: HeaderMap,
-            Query(q): Params,
-            Path(id): Path<String>,
+            ScimQuery(q): Params,
+            ScimPath(id): ScimPath<String>,
             body: Body,
         ) -> Result<Response, ApiError> {
             patch(ts, headers, q, $kind, id, body).await
@@ -235,7 +236,7 @@ macro_rules! kind_handlers {
         pub async fn $delete(
             State(ts): State<TenantState>,
             headers: HeaderMap,
-            Path(id): Path<String>,
+            ScimPath(id): ScimPath<String>,
         ) -> Result<Response, ApiError> {
             delete(ts, headers, $kind, id).await
         }

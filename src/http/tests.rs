@@ -236,3 +236,72 @@ async fn oversized_and_malformed_bodies() {
     let resp = app(st).oneshot(req).await.expect("infallible");
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
+
+/// The OpenAPI document and the router agree: every route of both tables is documented, with exactly the
+/// methods it serves, and the document names no route the router lacks.
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let doc: Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let documented = |router: &str| -> std::collections::BTreeMap<String, Vec<String>> {
+        doc["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .filter(|item| item["x-scimgate-router"] == router)
+            .map(|item| {
+                let mut methods: Vec<String> = ["get", "post", "put", "patch", "delete"]
+                    .iter()
+                    .filter(|m| item.get(**m).is_some())
+                    .map(|m| m.to_uppercase())
+                    .collect();
+                methods.sort();
+                (item["x-scimgate-route"].as_str().expect("route").to_string(), methods)
+            })
+            .collect()
+    };
+    let st = state().await;
+    let check = |router: &str, routes: Vec<&'static str>, prefix: &str, token: Option<&str>| {
+        let docs = documented(router);
+        let routes: std::collections::BTreeSet<String> = routes.into_iter().map(str::to_string).collect();
+        let named: std::collections::BTreeSet<String> = docs.keys().cloned().collect();
+        assert_eq!(named, routes, "{router}: documented routes differ from the router's");
+        (docs, prefix.to_string(), token.map(str::to_string))
+    };
+    let tenant = check(
+        "tenant",
+        tenant_routes().into_iter().map(|(p, _)| p).collect(),
+        "/scim/v2",
+        Some(TOKEN),
+    );
+    let admin = check(
+        "admin",
+        super::admin::admin_routes().into_iter().map(|(p, _)| p).collect(),
+        "",
+        None,
+    );
+    // Methods: a documented method is served (not 405) and an undocumented one answers 405.
+    for (docs, prefix, token) in [tenant, admin] {
+        for (route, methods) in docs {
+            let path = format!(
+                "{prefix}{}",
+                route
+                    .replace("{id}", "x")
+                    .replace("{*rest}", "x")
+                    .replace("{tenant}", "t")
+            );
+            for m in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+                let (s, _, _) = send(&st, m.clone(), &path, token.as_deref(), None).await;
+                let documented = methods.contains(&m.to_string());
+                if token.is_some() {
+                    assert_eq!(s == StatusCode::METHOD_NOT_ALLOWED, !documented, "{m} {path}: {s}");
+                } else if !documented {
+                    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
+                }
+            }
+        }
+    }
+    let (s, _, h) = send(&st, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "application/json");
+}

@@ -66,13 +66,8 @@ impl Projection {
 pub fn render(reg: &Registry, kind: ResourceKind, doc: &Map<String, Value>, proj: &Projection) -> Value {
     let rt = reg.rt(kind);
     let mut out = Map::new();
-    let schemas: Vec<Value> = rt
-        .urns()
-        .enumerate()
-        .filter(|(i, u)| *i == 0 || doc.contains_key(*u))
-        .map(|(_, u)| Value::String(u.to_string()))
-        .collect();
-    out.insert("schemas".into(), Value::Array(schemas));
+    // `schemas` is filled in last: it lists the extensions actually present in the output.
+    out.insert("schemas".into(), Value::Array(vec![]));
     for attr in reg.common().iter().chain(rt.core.attributes.iter()) {
         if let Some(v) = doc.get(&attr.name)
             && let Some(v) = select(attr, None, v, proj)
@@ -115,6 +110,13 @@ pub fn render(reg: &Registry, kind: ResourceKind, doc: &Map<String, Value>, proj
             out.insert(ext.id.clone(), Value::Object(ext_out));
         }
     }
+    let schemas: Vec<Value> = rt
+        .urns()
+        .enumerate()
+        .filter(|(i, u)| *i == 0 || out.contains_key(*u))
+        .map(|(_, u)| Value::String(u.into()))
+        .collect();
+    out.insert("schemas".into(), Value::Array(schemas));
     Value::Object(out)
 }
 

@@ -225,8 +225,13 @@ fn check_required(rt: &ResourceType, doc: &Map<String, Value>) -> Result<()> {
         .iter()
         .filter(|a| a.required && a.mutability != Mutability::ReadOnly)
     {
-        if !doc.contains_key(&a.name) {
-            return Err(ProtocolError::InvalidValue(format!("{} is required", a.name)));
+        match doc.get(&a.name) {
+            None => return Err(ProtocolError::InvalidValue(format!("{} is required", a.name))),
+            // A required string must say something (RFC 7643 §4.1.1: userName "MUST be non-empty").
+            Some(Value::String(v)) if v.trim().is_empty() => {
+                return Err(ProtocolError::InvalidValue(format!("{} must not be empty", a.name)));
+            }
+            Some(_) => {}
         }
     }
     for (ext, required) in &rt.extensions {

@@ -12,7 +12,7 @@
 //!   ([`Problem::BrokenLink`]), or, at the end of the chain, disagrees with `audit_head` ([`Problem::Appended`],
 //!   [`Problem::HeadMismatch`]).
 //!
-//! Appends serialize per tenant on the tenant's `audit_head` row: [`append_tx`] first runs
+//! Appends serialize per tenant on the tenant's `audit_head` row: `append_tx` first runs
 //! `UPDATE audit_head SET seq = seq … RETURNING`, which in PostgreSQL takes the row lock (a concurrent appender
 //! waits until this transaction ends, then reads the new head) and in SQLite takes the database write lock. This
 //! is portable through sqlx `Any`, unlike `SELECT … FOR UPDATE` (a syntax error in SQLite). It relies on READ
@@ -332,7 +332,7 @@ impl fmt::Display for VerifyReport {
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
     /// Append records in their own transaction (`at`: the stored time form, from the caller's clock). Inside a
-    /// write transaction of the store, use [`append_tx`] instead so the change and its record commit together.
+    /// write transaction of the store, use the crate's `append_tx` so the change and its record commit together.
     async fn append(&self, tenant: &str, at: &str, entries: &[AuditEntry]) -> Result<(), StoreError>;
     /// Records with seq greater than `after_seq`, in seq order.
     async fn audit_page(&self, tenant: &str, after_seq: i64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
@@ -791,7 +791,8 @@ impl SqlStore {
         let ts = now();
         sqlx::query(
             "INSERT INTO audit_anchor (tenant, seq, hash, pruned_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, pruned_at = excluded.pruned_at",
+             ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+             pruned_at = excluded.pruned_at",
         )
         .bind(tenant)
         .bind(seq)
@@ -877,7 +878,7 @@ impl AuditStore for SqlStore {
             let now_anchor = self.read_anchor(tenant).await?;
             tries += 1;
             // A prune that ran meanwhile moves the anchor and deletes records: verify again from the new anchor.
-            if report.ok || now_anchor == anchor || tries == 1 {
+            if report.ok || now_anchor == anchor || tries == 3 {
                 return Ok(report);
             }
             anchor = now_anchor;
