@@ -40,7 +40,17 @@ pub struct Config {
     /// A separate, unauthenticated listener for Prometheus. Without it, `/metrics` is served on the main
     /// listener behind admin authentication (any admin role).
     pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
     pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Delete audit records older than this many days (the chain is anchored where it is cut). Keep forever when
+    /// absent.
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@
 //! - `scimgate_store` (crates/store): identity state on SQLite or PostgreSQL.
 //! - [`config`], [`schemas`], [`cursor`]: configuration, the schema directory, signed paging cursors.
 
+pub mod audit_cli;
 pub mod config;
 pub mod cursor;
 pub mod engine;

@@ -37,6 +37,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The tamper-evident audit trail: verify the hash chains, export records, apply retention.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Show what a policy file would grant and revoke for every identity, before it is applied.
     Plan {
         #[arg(long, short)]
@@ -48,6 +53,91 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every record of the chain (edited, deleted, inserted or reordered records fail); exit 1 if broken.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Write records as JSON lines to stdout, filtered by time range (RFC 3339) and identity.
+    Export {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        identity: Option<String>,
+    },
+    /// Delete records older than N days, anchoring the chain where it was cut.
+    Prune {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        older_than_days: u32,
+    },
+}
+
+async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
+    let config = match &cmd {
+        AuditCommand::Verify { config, .. }
+        | AuditCommand::Export { config, .. }
+        | AuditCommand::Prune { config, .. } => config,
+    };
+    let cfg = Config::load(config).with_context(|| format!("config {}", config.display()))?;
+    let store = scimgate_store::SqlStore::connect(&scimgate_store::sql::StoreOptions {
+        url: cfg.store.url.clone(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await?;
+    match cmd {
+        AuditCommand::Verify { tenant, .. } => {
+            let outcome = scimgate::audit_cli::verify(&store, tenant.as_deref()).await?;
+            println!("{outcome}");
+            if !outcome.ok {
+                std::process::exit(1);
+            }
+        }
+        AuditCommand::Export {
+            tenant,
+            from,
+            to,
+            identity,
+            ..
+        } => {
+            let mut out = std::io::stdout().lock();
+            let n = scimgate::audit_cli::export(
+                &store,
+                tenant.as_deref(),
+                from.as_deref(),
+                to.as_deref(),
+                identity.as_deref(),
+                &mut out,
+            )
+            .await?;
+            eprintln!("{n} records");
+        }
+        AuditCommand::Prune {
+            tenant,
+            older_than_days,
+            ..
+        } => {
+            let outcome = scimgate::audit_cli::prune(&store, tenant.as_deref(), older_than_days).await?;
+            println!("{outcome}");
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
@@ -104,6 +194,7 @@ fn main() -> anyhow::Result<()> {
             Command::Check { config } => check(config),
             Command::Serve { config, listen } => serve(config, listen).await,
             Command::Plan { config, policy, tenant } => plan(config, policy, tenant).await,
+            Command::Audit { command } => audit(command).await,
         }
     })
 }
@@ -149,7 +240,7 @@ async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> 
     if let Some(m) = &cfg.metrics {
         spawn_metrics_listener(state.clone(), m.listen).await?;
     }
-    spawn_housekeeping(state.clone());
+    spawn_housekeeping(state.clone(), cfg.audit.retention_days);
     let addr = listen.unwrap_or(cfg.server.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -245,15 +336,30 @@ async fn spawn_metrics_listener(state: Arc<AppState>, addr: SocketAddr) -> anyho
     Ok(())
 }
 
-/// Periodic upkeep: forget idle per-credential rate-limit buckets.
-fn spawn_housekeeping(state: Arc<AppState>) {
+/// Periodic upkeep: forget idle per-credential rate-limit buckets; apply audit retention hourly.
+fn spawn_housekeeping(state: Arc<AppState>, retention_days: Option<u32>) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
+        let mut minutes = 0u64;
         loop {
             every.tick().await;
             for g in state.guards.values() {
                 g.shrink();
             }
+            if let Some(days) = retention_days
+                && minutes % 60 == 0
+            {
+                let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+                let cutoff = scimgate_scim::resource::format_datetime(cutoff);
+                for t in &state.tenants {
+                    match state.service.store.prune(&t.id, &cutoff).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(tenant = %t.id, pruned = n, "audit retention applied"),
+                        Err(e) => tracing::error!(tenant = %t.id, error = %e, "audit retention failed"),
+                    }
+                }
+            }
+            minutes += 1;
         }
     });
 }

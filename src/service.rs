@@ -19,7 +19,7 @@ use scimgate_scim::project::{Projection, render};
 use scimgate_scim::resource::{Mode, check_immutable, normalize};
 use scimgate_scim::schema::{Registry, ResourceKind, Target};
 use scimgate_scim::{ProtocolError, urn};
-use scimgate_store::{Backend, Effects, Query, Start, StoreError, Stored, Write};
+use scimgate_store::{AuditEntry, Backend, Effects, Query, Start, StoreError, Stored, Write};
 
 use crate::config::{ScimConfig, Tenant};
 use crate::cursor::{CursorKey, Position};
@@ -70,6 +70,9 @@ pub struct ScimService {
 pub struct Ctx {
     pub tenant: Arc<Tenant>,
     pub base_url: String,
+    /// The authenticated caller (`token:N`, `jwt:SUBJECT`), for the audit trail.
+    pub actor: String,
+    pub request_id: Option<String>,
 }
 
 /// A response: status, body (none for 204), ETag and Location.
@@ -257,6 +260,7 @@ impl ScimService {
         let mut doc = normalize(&self.reg, kind, body, Mode::Create)?;
         let password_hash = self.take_password(kind, &mut doc).await?;
         let tenant = &cx.tenant.id;
+        let attrs = attribute_names(&doc);
         if kind == ResourceKind::User
             && let Some(old) = self.rehire_match(tenant, &doc).await?
         {
@@ -265,11 +269,13 @@ impl ScimService {
                 .await?
                 .map(|d| vec![d.effects])
                 .unwrap_or_default();
+            let audit = vec![request_audit(cx, "rehire", kind, &old.id, attrs)];
             let w = Write {
                 doc,
                 password_hash,
                 doc_changed: true,
                 effects,
+                audit,
             };
             let stored = self.store.revive(tenant, &old.id, old.version, w).await?;
             tracing::info!(tenant = %tenant, id = %stored.id, "rehire: archived identity reused");
@@ -300,11 +306,13 @@ impl ScimService {
             }
         }
         .unwrap_or_default();
+        let audit = vec![request_audit(cx, "create", kind, &id, attrs)];
         let w = Write {
             doc,
             password_hash,
             doc_changed: true,
             effects,
+            audit,
         };
         let stored = self.store.create(tenant, kind, &id, w, &members).await?;
         tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
@@ -379,11 +387,19 @@ impl ScimService {
             let effects = self
                 .change_effects(cx, kind, id, &current, &doc, doc_changed, &member_ops)
                 .await?;
+            let audit = vec![request_audit(
+                cx,
+                "replace",
+                kind,
+                id,
+                changed_attributes(&current.doc, &doc),
+            )];
             let w = Write {
                 doc: doc.clone(),
                 password_hash: password_hash.clone(),
                 doc_changed,
                 effects,
+                audit,
             };
             match self
                 .store
@@ -430,11 +446,20 @@ impl ScimService {
             let effects = self
                 .change_effects(cx, kind, id, &current, &doc, doc_changed, &member_ops)
                 .await?;
+            let mut changed = changed_attributes(&current.doc, &doc);
+            if !member_ops.is_empty() {
+                changed.push("members".into());
+            }
+            if password_hash.is_some() {
+                changed.push("password".into());
+            }
+            let audit = vec![request_audit(cx, "patch", kind, id, changed)];
             let w = Write {
                 doc,
                 password_hash,
                 doc_changed,
                 effects,
+                audit,
             };
             match self
                 .store
@@ -535,7 +560,14 @@ impl ScimService {
             .unwrap_or_default();
             match self
                 .store
-                .delete(tenant, kind, id, Some(current.version), &effects)
+                .delete(
+                    tenant,
+                    kind,
+                    id,
+                    Some(current.version),
+                    &effects,
+                    &[request_audit(cx, "delete", kind, id, vec![])],
+                )
                 .await
             {
                 Ok(()) => {
@@ -937,4 +969,39 @@ mod tests {
         assert!(etag_matches("W/\"1\", W/\"3\"", 3));
         assert!(!etag_matches("W/\"2\"", 3));
     }
+}
+
+/// The audit record of a SCIM request, redacted: which attributes, never their values.
+fn request_audit(cx: &Ctx, op: &str, kind: ResourceKind, id: &str, attributes: Vec<String>) -> AuditEntry {
+    AuditEntry {
+        kind: "request".into(),
+        actor: cx.actor.clone(),
+        identity_id: (kind == ResourceKind::User).then(|| id.to_string()),
+        request_id: cx.request_id.clone(),
+        data: json!({"op": op, "resource": kind.as_str(), "id": id, "attributes": attributes}),
+    }
+}
+
+/// Attribute names of a document, extension attributes as `urn:…:name`.
+fn attribute_names(doc: &serde_json::Map<String, Value>) -> Vec<String> {
+    changed_attributes(&serde_json::Map::new(), doc)
+}
+
+/// Names of the attributes that differ between two documents.
+fn changed_attributes(old: &serde_json::Map<String, Value>, new: &serde_json::Map<String, Value>) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let mut out = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for k in keys {
+        match (old.get(k.as_str()), new.get(k.as_str())) {
+            (a, b) if a == b => {}
+            (a, b) if k.contains(':') => {
+                let a = a.and_then(Value::as_object).unwrap_or(&empty);
+                let b = b.and_then(Value::as_object).unwrap_or(&empty);
+                out.extend(changed_attributes(a, b).into_iter().map(|n| format!("{k}:{n}")));
+            }
+            _ => out.push(k.clone()),
+        }
+    }
+    out
 }

@@ -5,8 +5,7 @@
 //! exports by time range and identity, the CLI functions, and the PostgreSQL privileges that keep the gateway's
 //! role from changing records.
 
-#[path = "../src/audit_cli.rs"]
-mod audit_cli;
+use scimgate::audit_cli;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1020,3 +1020,47 @@ async fn metrics_show_every_family_the_scenario_exercised() {
     // Without an admin token there is nothing to scrape.
     assert_eq!(w.send(Method::GET, "/metrics", SCIM_TOKEN, None).await.0, 401);
 }
+
+/// Requests (redacted), decisions with their rationale, approvals and policy operations land in the tenant's
+/// hash chain, which verifies; and no attribute value (only names) is in a request record.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_trail_records_requests_decisions_and_approvals() {
+    use scimgate_store::AuditFilter;
+    let w = World::new().await;
+    let boss = w.create(employee("boss", "Sales", json!({}))).await;
+    let id = w
+        .create(employee(
+            "ann",
+            "Sales",
+            json!({ENT: {"manager": boss}, "title": "AP Manager"}),
+        ))
+        .await;
+    let pending = w.pending("boss").await;
+    let req = pending[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(w.decide("boss", &req, "approve").await.0, 200);
+    assert_eq!(w.admin("ops", Method::POST, "/policy/reload", None).await.0, 200);
+    let store = &w.state.service.store;
+    let report = store.verify("acme").await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    let records = store
+        .audit_export("acme", &AuditFilter::default(), 0, 1000)
+        .await
+        .expect("export");
+    let kinds: std::collections::BTreeSet<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    for k in ["request", "decision", "approval", "policy"] {
+        assert!(kinds.contains(k), "{k} in {kinds:?}");
+    }
+    let ann: Vec<_> = records
+        .iter()
+        .filter(|r| r.identity_id.as_deref() == Some(id.as_str()))
+        .collect();
+    let create = ann.iter().find(|r| r.kind == "request").expect("the create");
+    let text = create.data.to_string();
+    assert!(text.contains("\"userName\""), "attribute names are recorded");
+    assert!(!text.contains("\"ann\""), "values are not: {text}");
+    let decision = ann.iter().find(|r| r.kind == "decision").expect("the decision");
+    let text = decision.data.to_string();
+    assert!(text.contains("policy_hash") && text.contains("all-employees"), "{text}");
+    let approval = ann.iter().find(|r| r.kind == "approval").expect("the approval");
+    assert_eq!(approval.actor, "boss");
+}

@@ -21,7 +21,7 @@ use scimgate_policy::{
     PolicyMode, Prior, SodException,
 };
 use scimgate_scim::resource::{format_datetime, parse_datetime};
-use scimgate_store::{ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord, StateWrite};
+use scimgate_store::{ApprovalRecord, AuditEntry, Effects, ExceptionRecord, IdentityState, PlanRecord, StateWrite};
 
 use clock::Clock;
 
@@ -325,6 +325,27 @@ impl Engine {
                 tracing::warn!(tenant = s.tenant, identity = s.id, rule = %rule, entitlement = ?it.item.entitlement, "SoD refused a grant");
             }
         }
+        let audit = (!items.is_empty() || !eval.sod.is_empty())
+            .then(|| AuditEntry {
+                kind: "decision".into(),
+                actor: "scimgate".into(),
+                identity_id: Some(s.id.to_string()),
+                request_id: None,
+                data: json!({
+                    "cause": cause,
+                    "policy_hash": policy.hash(),
+                    "mode": if shadow { "shadow" } else { "enforce" },
+                    "state": eval.state,
+                    "roles": eval.roles,
+                    "sod": eval.sod,
+                    "items": items.iter().map(|i| json!({
+                        "target": i.item.target, "action": i.item.action, "entitlement": i.item.entitlement,
+                        "status": i.status, "rationale": i.item.rationale,
+                    })).collect::<Vec<_>>(),
+                }),
+            })
+            .into_iter()
+            .collect();
         Ok(Decision {
             effects: Effects {
                 identity_id: s.id.to_string(),
@@ -335,6 +356,7 @@ impl Engine {
                 update_approvals: readdressed,
                 new_exceptions: vec![],
                 clear_exceptions: false,
+                audit,
             },
             refused,
             items,
@@ -577,6 +599,14 @@ impl Engine {
         }
         out.request = serde_json::to_string(&req)?;
         let status = out.status.clone();
+        effects.audit.push(AuditEntry {
+            kind: "approval".into(),
+            actor: actor.to_string(),
+            identity_id: Some(rec.identity_id.clone()),
+            request_id: None,
+            data: json!({"approval": rec.id, "decision": if approve { "approve" } else { "deny" }, "reason": reason,
+                "stage": req.stages.get(req.stage).map(|s| s.id.clone()), "status": status, "item": req.item}),
+        });
         crate::metrics::METRICS
             .approval_decisions
             .with_label_values(&[&status])

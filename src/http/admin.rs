@@ -151,7 +151,23 @@ async fn policy_info(State(st): State<Arc<AppState>>, admin: Admin) -> Result<Re
 async fn policy_reload(State(st): State<Arc<AppState>>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(&[AdminRole::Operator])?;
     let e = engine(&st)?;
-    match e.reload() {
+    let before = e.policy().hash().to_string();
+    let result = e.reload();
+    let at = scimgate_scim::resource::format_datetime(e.now());
+    for t in &st.tenants {
+        let entry = scimgate_store::AuditEntry {
+            kind: "policy".into(),
+            actor: admin.0.name.clone(),
+            identity_id: None,
+            request_id: None,
+            data: match &result {
+                Ok(hash) => json!({"op": "reload", "from": before, "to": hash}),
+                Err(err) => json!({"op": "reload", "kept": before, "error": err}),
+            },
+        };
+        st.service.store.append(&t.id, &at, &[entry]).await?;
+    }
+    match result {
         Ok(hash) => {
             let state = st.clone();
             // Every identity is recomputed under the new policy version, in the background.

@@ -140,6 +140,11 @@ impl IntoResponse for ApiError {
         {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body was not read: the connection cannot be reused.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -46,3 +46,35 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
+
+/// Who made the request, as authentication established it (`token:N` or `jwt:SUBJECT`): for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// The request's headers plus its authenticated actor.
+pub struct ReqInfo {
+    pub headers: HeaderMap,
+    pub actor: String,
+}
+
+impl std::ops::Deref for ReqInfo {
+    type Target = HeaderMap;
+    fn deref(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ReqInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let actor = parts
+            .extensions
+            .get::<Actor>()
+            .map_or_else(|| "anonymous".to_string(), |a| a.0.clone());
+        Ok(ReqInfo {
+            headers: parts.headers.clone(),
+            actor,
+        })
+    }
+}

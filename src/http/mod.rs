@@ -153,6 +153,8 @@ async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -
     if let Err(e) = guard.check_rate(&credential) {
         return e.into_response();
     }
+    let mut req = req;
+    req.extensions_mut().insert(extract::Actor(credential));
     next.run(req).await
 }
 

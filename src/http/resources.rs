@@ -11,26 +11,22 @@ use serde_json::Value;
 use scimgate_scim::schema::ResourceKind;
 
 use super::error::ApiError;
-use super::extract::{ScimPath, ScimQuery};
+use super::extract::{ReqInfo, ScimPath, ScimQuery};
 use super::{TenantState, json_response, read_json, respond};
 use crate::service::{Ctx, ListParams, Preconditions};
 
 type Params = ScimQuery<HashMap<String, String>>;
 
-fn ctx(ts: &TenantState, headers: &HeaderMap) -> Ctx {
-    let base_url = match &ts.tenant.public_url {
-        Some(u) => u.clone(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            format!("{}://{host}{}", ts.app.scheme, ts.tenant.base_path)
-        }
-    };
+fn ctx(ts: &TenantState, headers: &ReqInfo) -> Ctx {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
     Ctx {
         tenant: ts.tenant.clone(),
-        base_url,
+        base_url: base_url(ts, headers),
+        actor: headers.actor.clone(),
+        request_id,
     }
 }
 
@@ -92,7 +88,7 @@ fn search_params(body: Value) -> Result<ListParams, ApiError> {
 
 async fn list(
     ts: TenantState,
-    headers: HeaderMap,
+    headers: ReqInfo,
     kind: Option<ResourceKind>,
     p: ListParams,
 ) -> Result<Response, ApiError> {
@@ -103,7 +99,7 @@ async fn list(
 
 async fn search(
     ts: TenantState,
-    headers: HeaderMap,
+    headers: ReqInfo,
     kind: Option<ResourceKind>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -114,7 +110,7 @@ async fn search(
 
 async fn create(
     ts: TenantState,
-    headers: HeaderMap,
+    headers: ReqInfo,
     q: HashMap<String, String>,
     kind: ResourceKind,
     body: Body,
@@ -127,7 +123,7 @@ async fn create(
 
 async fn get_one(
     ts: TenantState,
-    headers: HeaderMap,
+    headers: ReqInfo,
     q: HashMap<String, String>,
     kind: ResourceKind,
     id: String,
@@ -142,7 +138,7 @@ async fn get_one(
 
 async fn replace(
     ts: TenantState,
-    headers: HeaderMap,
+    headers: ReqInfo,
     q: HashMap<String, String>,
     kind: ResourceKind,
     id: String,
@@ -159,7 +155,7 @@ async fn replace(
 
 async fn patch(
     ts: TenantState,
-    headers: HeaderMap,
+    headers: ReqInfo,
     q: HashMap<String, String>,
     kind: ResourceKind,
     id: String,
@@ -174,7 +170,7 @@ async fn patch(
     ))
 }
 
-async fn delete(ts: TenantState, headers: HeaderMap, kind: ResourceKind, id: String) -> Result<Response, ApiError> {
+async fn delete(ts: TenantState, headers: ReqInfo, kind: ResourceKind, id: String) -> Result<Response, ApiError> {
     Ok(respond(
         ts.app
             .service
@@ -187,21 +183,21 @@ macro_rules! kind_handlers {
     ($kind:expr, $list:ident, $search:ident, $create:ident, $get:ident, $replace:ident, $patch:ident, $delete:ident) => {
         pub async fn $list(
             State(ts): State<TenantState>,
-            headers: HeaderMap,
+            headers: ReqInfo,
             ScimQuery(q): Params,
         ) -> Result<Response, ApiError> {
             list(ts, headers, Some($kind), list_params(&q)).await
         }
         pub async fn $search(
             State(ts): State<TenantState>,
-            headers: HeaderMap,
+            headers: ReqInfo,
             body: Body,
         ) -> Result<Response, ApiError> {
             search(ts, headers, Some($kind), body).await
         }
         pub async fn $create(
             State(ts): State<TenantState>,
-            headers: HeaderMap,
+            headers: ReqInfo,
             ScimQuery(q): Params,
             body: Body,
         ) -> Result<Response, ApiError> {
@@ -209,7 +205,7 @@ macro_rules! kind_handlers {
         }
         pub async fn $get(
             State(ts): State<TenantState>,
-            headers: HeaderMap,
+            headers: ReqInfo,
             ScimQuery(q): Params,
             ScimPath(id): ScimPath<String>,
         ) -> Result<Response, ApiError> {
@@ -217,7 +213,7 @@ macro_rules! kind_handlers {
         }
         pub async fn $replace(
             State(ts): State<TenantState>,
-            headers: HeaderMap,
+            headers: ReqInfo,
             ScimQuery(q): Params,
             ScimPath(id): ScimPath<String>,
             body: Body,
@@ -226,7 +222,7 @@ macro_rules! kind_handlers {
         }
         pub async fn $patch(
             State(ts): State<TenantState>,
-            headers: HeaderMap,
+            headers: ReqInfo,
             ScimQuery(q): Params,
             ScimPath(id): ScimPath<String>,
             body: Body,
@@ -235,7 +231,7 @@ macro_rules! kind_handlers {
         }
         pub async fn $delete(
             State(ts): State<TenantState>,
-            headers: HeaderMap,
+            headers: ReqInfo,
             ScimPath(id): ScimPath<String>,
         ) -> Result<Response, ApiError> {
             delete(ts, headers, $kind, id).await
@@ -264,16 +260,26 @@ kind_handlers!(
     delete_group
 );
 
-pub async fn search_root(State(ts): State<TenantState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn search_root(State(ts): State<TenantState>, headers: ReqInfo, body: Body) -> Result<Response, ApiError> {
     search(ts, headers, None, body).await
 }
 
-pub async fn bulk(State(ts): State<TenantState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn bulk(State(ts): State<TenantState>, headers: ReqInfo, body: Body) -> Result<Response, ApiError> {
     let json = read_json(&headers, body, ts.app.service.limits.bulk_max_payload).await?;
     let out = ts.app.service.bulk(&ctx(&ts, &headers), json).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
 
+/// The absolute URL of the tenant's SCIM base, for meta.location: the configured public URL, or the Host header.
 pub(super) fn base_url(ts: &TenantState, headers: &HeaderMap) -> String {
-    ctx(ts, headers).base_url
+    match &ts.tenant.public_url {
+        Some(u) => u.clone(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("{}://{host}{}", ts.app.scheme, ts.tenant.base_path)
+        }
+    }
 }

@@ -64,6 +64,8 @@ pub struct Write {
     pub doc_changed: bool,
     /// Lifecycle effects (identity state, plan, approvals) written in the same transaction.
     pub effects: Vec<Effects>,
+    /// Audit records of the change, appended to the tenant's hash chain in the same transaction.
+    pub audit: Vec<audit::AuditEntry>,
 }
 
 /// Where a page starts.
@@ -126,6 +128,7 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         expect: Option<i64>,
         effects: &[Effects],
+        audit: &[audit::AuditEntry],
     ) -> Result<(), StoreError>;
     async fn query(&self, tenant: &str, kind: ResourceKind, q: &Query<'_>) -> Result<Page, StoreError>;
     /// A group's members.

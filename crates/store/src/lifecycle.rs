@@ -90,6 +90,20 @@ pub struct Effects {
     pub new_exceptions: Vec<ExceptionRecord>,
     /// Drop the identity's SoD exceptions (a rehire starts from nothing).
     pub clear_exceptions: bool,
+    /// Audit records of these effects (decisions, approvals).
+    pub audit: Vec<crate::audit::AuditEntry>,
+}
+
+/// Every audit entry of a change: the request's, then each identity's effects'.
+pub(crate) fn audit_entries<'a>(
+    request: &'a [crate::audit::AuditEntry],
+    effects: &'a [Effects],
+) -> Vec<crate::audit::AuditEntry> {
+    request
+        .iter()
+        .chain(effects.iter().flat_map(|e| e.audit.iter()))
+        .cloned()
+        .collect()
 }
 
 pub(crate) async fn apply(

@@ -51,6 +51,30 @@ fn employee_number(doc: &Map<String, Value>) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// `SELECT * FROM table WHERE tenant = $1 [AND col = $n ...]` with only the filters given, so each query can use
+/// its index (an `($n = '' OR col = $n)` filter cannot).
+fn filtered<'a>(table: &str, tenant: &'a str, filters: &[(&str, Option<&'a str>)]) -> (String, Vec<&'a str>) {
+    let mut sql = format!("SELECT * FROM {table} WHERE tenant = $1");
+    let mut binds = vec![tenant];
+    for (col, value) in filters {
+        if let Some(v) = value {
+            binds.push(v);
+            sql.push_str(&format!(" AND {col} = ${}", binds.len()));
+        }
+    }
+    (sql, binds)
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    binds: &[&'q str],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for b in binds {
+        q = q.bind(*b);
+    }
+    q
+}
+
 fn taken(kind: ResourceKind) -> StoreError {
     StoreError::Uniqueness(match kind {
         ResourceKind::User => "userName is already taken".into(),
@@ -441,6 +465,7 @@ impl Store for SqlStore {
             }
         }
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
+        crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
         tx.commit().await?;
         Ok(Stored {
             id,
@@ -546,6 +571,7 @@ impl Store for SqlStore {
             Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
         }
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
+        crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
         let (version, created, last_modified): (i64, String, String) = sqlx::query_as(&format!(
             "SELECT version, created, last_modified FROM {} WHERE tenant = $1 AND id = $2",
             table(kind)
@@ -571,6 +597,7 @@ impl Store for SqlStore {
         id: &str,
         expect: Option<i64>,
         effects: &[Effects],
+        audit: &[crate::audit::AuditEntry],
     ) -> Result<(), StoreError> {
         let ts = now();
         let mut tx = self.pool.begin().await?;
@@ -600,6 +627,7 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
         lifecycle::apply(&mut tx, tenant, &ts, effects).await?;
+        crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(audit, effects)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -789,17 +817,22 @@ impl LifecycleStore for SqlStore {
         external_id: Option<&str>,
         employee_number: Option<&str>,
     ) -> Result<Option<Stored>, StoreError> {
-        let row = sqlx::query(
-            "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM scim_users r WHERE r.tenant = $1 \
-             AND r.archived_at IS NOT NULL AND ((r.external_id IS NOT NULL AND r.external_id = $2) OR \
-             (r.employee_number IS NOT NULL AND r.employee_number = $3)) ORDER BY r.archived_at DESC LIMIT 1",
-        )
-        .bind(tenant)
-        .bind(external_id)
-        .bind(employee_number)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(Self::row).transpose()
+        // One indexed lookup per key (an OR across the two columns would scan the table on every create).
+        for (column, key) in [("external_id", external_id), ("employee_number", employee_number)] {
+            let Some(key) = key else { continue };
+            let row = sqlx::query(&format!(
+                "SELECT r.id, r.version, r.created, r.last_modified, r.doc FROM scim_users r WHERE r.tenant = $1 \
+                 AND r.{column} = $2 AND r.archived_at IS NOT NULL ORDER BY r.archived_at DESC LIMIT 1"
+            ))
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(r) = row {
+                return Self::row(&r).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     async fn get_with_archived(&self, tenant: &str, id: &str) -> Result<Option<(Stored, bool)>, StoreError> {
@@ -852,6 +885,7 @@ impl LifecycleStore for SqlStore {
         }
         Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
+        crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
         let created: String = sqlx::query_scalar("SELECT created FROM scim_users WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
@@ -868,8 +902,10 @@ impl LifecycleStore for SqlStore {
     }
 
     async fn apply_effects(&self, tenant: &str, effects: &[Effects]) -> Result<(), StoreError> {
+        let ts = now();
         let mut tx = self.pool.begin().await?;
-        lifecycle::apply(&mut tx, tenant, &now(), effects).await?;
+        lifecycle::apply(&mut tx, tenant, &ts, effects).await?;
+        crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&[], effects)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -884,12 +920,11 @@ impl LifecycleStore for SqlStore {
     }
 
     async fn plans(&self, tenant: &str, identity: Option<&str>, limit: usize) -> Result<Vec<PlanRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT * FROM plans WHERE tenant = $1 AND ($2 = '' OR identity_id = $2) ORDER BY created DESC, id DESC \
-             LIMIT {limit}"
-        ))
-        .bind(tenant)
-        .bind(identity.unwrap_or(""))
+        let (sql, binds) = filtered("plans", tenant, &[("identity_id", identity)]);
+        let rows = bind_all(
+            sqlx::query(&format!("{sql} ORDER BY created DESC, id DESC LIMIT {limit}")),
+            &binds,
+        )
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(lifecycle::plan_row).collect()
@@ -901,15 +936,10 @@ impl LifecycleStore for SqlStore {
         status: Option<&str>,
         identity: Option<&str>,
     ) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM approvals WHERE tenant = $1 AND ($2 = '' OR status = $2) AND ($3 = '' OR identity_id = $3) \
-             ORDER BY created, id",
-        )
-        .bind(tenant)
-        .bind(status.unwrap_or(""))
-        .bind(identity.unwrap_or(""))
-        .fetch_all(&self.pool)
-        .await?;
+        let (sql, binds) = filtered("approvals", tenant, &[("status", status), ("identity_id", identity)]);
+        let rows = bind_all(sqlx::query(&format!("{sql} ORDER BY created, id")), &binds)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(lifecycle::approval_row).collect()
     }
 
@@ -923,13 +953,10 @@ impl LifecycleStore for SqlStore {
     }
 
     async fn exceptions(&self, tenant: &str, identity: Option<&str>) -> Result<Vec<ExceptionRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM sod_exceptions WHERE tenant = $1 AND ($2 = '' OR identity_id = $2) ORDER BY identity_id, rule",
-        )
-        .bind(tenant)
-        .bind(identity.unwrap_or(""))
-        .fetch_all(&self.pool)
-        .await?;
+        let (sql, binds) = filtered("sod_exceptions", tenant, &[("identity_id", identity)]);
+        let rows = bind_all(sqlx::query(&format!("{sql} ORDER BY identity_id, rule")), &binds)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(lifecycle::exception_row).collect()
     }
 

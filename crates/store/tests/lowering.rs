@@ -83,6 +83,7 @@ async fn seed(store: &SqlStore, reg: &Registry, tenant: &str) -> Vec<String> {
                     password_hash: None,
                     doc_changed: true,
                     effects: vec![],
+                    audit: vec![],
                 },
                 &[],
             )
