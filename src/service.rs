@@ -957,20 +957,6 @@ fn query_hash(kind: Option<ResourceKind>, p: &ListParams) -> String {
     h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn etags_match_weak_strong_and_star() {
-        assert!(etag_matches("W/\"3\"", 3));
-        assert!(etag_matches("\"3\"", 3));
-        assert!(etag_matches("*", 3));
-        assert!(etag_matches("W/\"1\", W/\"3\"", 3));
-        assert!(!etag_matches("W/\"2\"", 3));
-    }
-}
-
 /// The audit record of a SCIM request, redacted: which attributes, never their values.
 fn request_audit(cx: &Ctx, op: &str, kind: ResourceKind, id: &str, attributes: Vec<String>) -> AuditEntry {
     AuditEntry {
@@ -1004,4 +990,18 @@ fn changed_attributes(old: &serde_json::Map<String, Value>, new: &serde_json::Ma
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_match_weak_strong_and_star() {
+        assert!(etag_matches("W/\"3\"", 3));
+        assert!(etag_matches("\"3\"", 3));
+        assert!(etag_matches("*", 3));
+        assert!(etag_matches("W/\"1\", W/\"3\"", 3));
+        assert!(!etag_matches("W/\"2\"", 3));
+    }
 }
