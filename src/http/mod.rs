@@ -199,14 +199,29 @@ async fn openapi() -> Response {
     r
 }
 
+/// Readiness: the store answers and, when a policy is configured, it is loaded (a failed reload keeps the last
+/// good policy, so the gateway stays ready and reports the error). Target health joins with the adapters.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.service.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
+    let store = state.service.store.ping().await;
+    let policy = state.service.engine.as_ref().map(|e| {
+        let p = e.policy();
+        serde_json::json!({"hash": p.hash(), "last_reload_error": e.last_error()})
+    });
+    let body = serde_json::json!({
+        "store": if store.is_ok() { "ok" } else { "unreachable" },
+        "policy": policy,
+    });
+    let status = match store {
+        Ok(()) => StatusCode::OK,
         Err(e) => {
             tracing::warn!(error = %e, "store is not reachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response()
+            StatusCode::SERVICE_UNAVAILABLE
         }
-    }
+    };
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 /// Read a JSON body within `limit` bytes. `application/scim+json` and `application/json` are accepted.
