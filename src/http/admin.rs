@@ -251,32 +251,24 @@ pub async fn preview(
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     let (mut grants, mut revokes, mut seen) = (0usize, 0usize, 0usize);
+    let exceptions = svc.store.exceptions(t, None).await?;
     loop {
-        let ids = svc.store.identity_ids(t, after.as_deref(), 1000).await?;
-        if ids.is_empty() {
-            break;
-        }
-        for id in &ids {
-            let Some((user, archived)) = svc.store.get_with_archived(t, id).await? else {
-                continue;
-            };
+        let page = svc.store.identity_page(t, after.as_deref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.user.id.clone());
+        for row in &page {
             seen += 1;
-            let groups = if archived {
-                vec![]
-            } else {
-                svc.group_names(t, id).await?
-            };
-            let prior = svc.store.identity_state(t, id).await?;
-            let exceptions = svc.store.exceptions(t, Some(id)).await?;
+            let id = row.user.id.as_str();
+            let groups = if row.archived { &[][..] } else { &row.groups[..] };
             let subject = Subject {
                 tenant: t,
                 id,
-                doc: &user.doc,
-                groups: &groups,
-                archived,
+                doc: &row.user.doc,
+                groups,
+                archived: row.archived,
                 manager: None,
             };
-            let plan = Engine::preview(policy, &subject, prior.as_ref(), &exceptions, now).map_err(engine_err)?;
+            let plan = Engine::preview(policy, &subject, row.state.as_ref(), &exceptions, now).map_err(engine_err)?;
             if plan.items.is_empty() {
                 continue;
             }
@@ -292,11 +284,10 @@ pub async fn preview(
                 .count();
             out.push(json!({
                 "identity": id,
-                "userName": user.doc.get("userName"),
+                "userName": row.user.doc.get("userName"),
                 "items": plan.items,
             }));
         }
-        after = ids.last().cloned();
     }
     Ok(json!({
         "policy_hash": policy.hash(),

@@ -168,8 +168,25 @@ pub trait LifecycleStore: Send + Sync + 'static {
     async fn due_identities(&self, now: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
     /// Pending approvals due to escalate or expire: (tenant, approval).
     async fn due_approvals(&self, now: &str, limit: usize) -> Result<Vec<(String, ApprovalRecord)>, StoreError>;
+    /// A page of users (archived included) in id order after `after`, each with its lifecycle state and the
+    /// displayNames of its groups: what a whole-population evaluation (`scimgate plan`) needs, in three queries.
+    async fn identity_page(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<IdentityRow>, StoreError>;
     /// Every user id (archived included), in id order after `after`.
     async fn identity_ids(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
+}
+
+/// One row of [`LifecycleStore::identity_page`].
+#[derive(Debug, Clone)]
+pub struct IdentityRow {
+    pub user: Stored,
+    pub archived: bool,
+    pub state: Option<IdentityState>,
+    pub groups: Vec<String>,
 }
 
 /// Everything the gateway needs of a store.

@@ -13,9 +13,9 @@ use scimgate_scim::patch::{Member, MemberOp};
 use scimgate_scim::resource::format_datetime;
 use scimgate_scim::schema::ResourceKind;
 
-use crate::LifecycleStore;
 use crate::lifecycle::{self, ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord};
 use crate::lower::{Binds, Dialect, lower, sort_column, split};
+use crate::{IdentityRow, LifecycleStore};
 use crate::{Page, Query, Start, Store, StoreError, Stored, Write, str_at};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -982,6 +982,71 @@ impl LifecycleStore for SqlStore {
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>("tenant")?, lifecycle::approval_row(r)?)))
             .collect()
+    }
+
+    async fn identity_page(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<IdentityRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT r.id, r.version, r.created, r.last_modified, r.doc, r.archived_at, s.identity_id, \
+             s.version AS s_version, s.leaver_since, s.current, s.evaluation, s.policy_hash, s.wakeup_at, s.updated \
+             FROM scim_users r LEFT JOIN identity_state s ON s.tenant = r.tenant AND s.identity_id = r.id \
+             WHERE r.tenant = $1 AND {id} > $2 ORDER BY {id} LIMIT {limit}",
+            id = self.ordered_id()
+        ))
+        .bind(tenant)
+        .bind(after.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let archived: Option<String> = r.try_get("archived_at")?;
+            let state_id: Option<String> = r.try_get("identity_id")?;
+            let state = match state_id {
+                Some(identity_id) => Some(IdentityState {
+                    identity_id,
+                    version: r.try_get("s_version")?,
+                    leaver_since: r.try_get("leaver_since")?,
+                    current: r.try_get("current")?,
+                    evaluation: r.try_get("evaluation")?,
+                    policy_hash: r.try_get("policy_hash")?,
+                    wakeup_at: r.try_get("wakeup_at")?,
+                    updated: r.try_get("updated")?,
+                }),
+                None => None,
+            };
+            out.push(IdentityRow {
+                user: Self::row(r)?,
+                archived: archived.is_some(),
+                state,
+                groups: vec![],
+            });
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let marks: Vec<String> = (0..out.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT m.member_id, g.doc FROM scim_group_members m JOIN scim_groups g ON g.tenant = m.tenant \
+             AND g.id = m.group_id WHERE m.tenant = $1 AND m.member_id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (String, String)>(&sql).bind(tenant);
+        for row in &out {
+            q = q.bind(row.user.id.clone());
+        }
+        let index: std::collections::HashMap<String, usize> =
+            out.iter().enumerate().map(|(i, r)| (r.user.id.clone(), i)).collect();
+        for (member, doc) in q.fetch_all(&self.pool).await? {
+            let doc: Map<String, Value> = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let (Some(&i), Some(name)) = (index.get(&member), str_at(&doc, "displayName")) {
+                out[i].groups.push(name.to_string());
+            }
+        }
+        Ok(out)
     }
 
     async fn identity_ids(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
