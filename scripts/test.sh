@@ -61,7 +61,10 @@ log "build"
 cargo build --workspace --locked
 
 log "tests: unit, property, router, integration (SQLite and PostgreSQL), replay fixtures"
-cargo nextest run --workspace --locked --profile ci
+summary=$(mktemp)
+cargo nextest run --workspace --locked --profile ci 2>&1 | tee "$summary"
+passed=$(grep -Eo '[0-9]+ tests run: [0-9]+ passed' "$summary" | tail -n 1 | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' || echo 0)
+rm -f "$summary"
 
 log "conformance: scim2-tester"
 SCIMGATE_BIN="$target/debug/scimgate" SCIMGATE_VENV="$venv" bash conformance/run.sh
@@ -70,3 +73,5 @@ log "schemathesis: the OpenAPI document against the running gateway"
 SCIMGATE_BIN="$target/debug/scimgate" SCHEMATHESIS_VENV="$venv" bash conformance/schemathesis.sh
 
 log "all tests passed"
+# The plain closing line: cargo tests, plus the scim2-tester and schemathesis suites counted as one each.
+echo "scimgate: $((passed + 2)) passed, 0 failed"
