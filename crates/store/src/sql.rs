@@ -520,28 +520,7 @@ impl Store for SqlStore {
             .await
         } else {
             match kind {
-                ResourceKind::User => {
-                    let user_name = str_at(&w.doc, "userName").unwrap_or_default();
-                    sqlx::query(
-                        "UPDATE scim_users SET user_name = $1, user_name_lower = $2, external_id = $3, \
-                         display_name_lower = $4, version = version + 1, last_modified = $5, \
-                         password_hash = COALESCE($6, password_hash), doc = $7, employee_number = $8 \
-                         WHERE tenant = $9 AND id = $10 AND version = $11 AND archived_at IS NULL",
-                    )
-                    .bind(user_name)
-                    .bind(user_name.to_lowercase())
-                    .bind(str_at(&w.doc, "externalId"))
-                    .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
-                    .bind(&ts)
-                    .bind(w.password_hash.as_deref())
-                    .bind(&doc_text)
-                    .bind(employee_number(&w.doc))
-                    .bind(tenant)
-                    .bind(id)
-                    .bind(expect)
-                    .execute(&mut *tx)
-                    .await
-                }
+                ResourceKind::User => Self::update_user(&mut tx, tenant, id, expect, &w, &doc_text, &ts, false).await,
                 ResourceKind::Group => {
                     sqlx::query(
                         "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
@@ -786,6 +765,45 @@ impl SqlStore {
 }
 
 impl SqlStore {
+    /// Write a user row's columns from its document, if still at version `expect`. One statement for a replace and
+    /// for a rehire (`revive`: the archived row comes back, without its old password hash).
+    #[allow(clippy::too_many_arguments)]
+    async fn update_user(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant: &str,
+        id: &str,
+        expect: i64,
+        w: &Write,
+        doc_text: &str,
+        ts: &str,
+        revive: bool,
+    ) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+        let (password, unarchive, archived) = if revive {
+            ("$6", ", archived_at = NULL", "IS NOT NULL")
+        } else {
+            ("COALESCE($6, password_hash)", "", "IS NULL")
+        };
+        let user_name = str_at(&w.doc, "userName").unwrap_or_default();
+        sqlx::query(&format!(
+            "UPDATE scim_users SET user_name = $1, user_name_lower = $2, external_id = $3, display_name_lower = $4, \
+             version = version + 1, last_modified = $5, password_hash = {password}, doc = $7, employee_number = $8\
+             {unarchive} WHERE tenant = $9 AND id = $10 AND version = $11 AND archived_at {archived}"
+        ))
+        .bind(user_name)
+        .bind(user_name.to_lowercase())
+        .bind(str_at(&w.doc, "externalId"))
+        .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
+        .bind(ts)
+        .bind(w.password_hash.as_deref())
+        .bind(doc_text)
+        .bind(employee_number(&w.doc))
+        .bind(tenant)
+        .bind(id)
+        .bind(expect)
+        .execute(&mut **tx)
+        .await
+    }
+
     /// After a conditional write matched no row: NotFound, or VersionMismatch if the row exists.
     async fn missing_or_moved(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -856,26 +874,8 @@ impl LifecycleStore for SqlStore {
     async fn revive(&self, tenant: &str, id: &str, expect: i64, w: Write) -> Result<Stored, StoreError> {
         let ts = now();
         let doc_text = Self::doc_text(&w.doc)?;
-        let user_name = str_at(&w.doc, "userName").unwrap_or_default();
         let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(
-            "UPDATE scim_users SET user_name = $1, user_name_lower = $2, external_id = $3, display_name_lower = $4, \
-             version = version + 1, last_modified = $5, password_hash = $6, doc = $7, employee_number = $8, \
-             archived_at = NULL WHERE tenant = $9 AND id = $10 AND version = $11 AND archived_at IS NOT NULL",
-        )
-        .bind(user_name)
-        .bind(user_name.to_lowercase())
-        .bind(str_at(&w.doc, "externalId"))
-        .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
-        .bind(&ts)
-        .bind(w.password_hash.as_deref())
-        .bind(&doc_text)
-        .bind(employee_number(&w.doc))
-        .bind(tenant)
-        .bind(id)
-        .bind(expect)
-        .execute(&mut *tx)
-        .await;
+        let res = Self::update_user(&mut tx, tenant, id, expect, &w, &doc_text, &ts, true).await;
         let done = match res {
             Err(e) if unique_violation(&e) => return Err(taken(ResourceKind::User)),
             r => r?,
