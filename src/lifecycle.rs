@@ -309,16 +309,28 @@ impl ScimService {
         let Some(engine) = &self.engine else { return Ok(0) };
         let now = scimgate_scim::resource::format_datetime(engine.now());
         let mut done = 0;
+        // One identity or request that fails is logged and skipped: it must not hold up everyone else's timers.
         for (tenant, id) in self.store.due_identities(&now, 1000).await? {
-            if self.reevaluate(&tenant, &id, "timer").await?.is_some() {
-                done += 1;
+            match self.reevaluate(&tenant, &id, "timer").await {
+                Ok(Some(_)) => done += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, identity = %id, "lifecycle timer failed; will retry on the next tick");
+                    e.log();
+                }
             }
         }
         for (tenant, rec) in self.store.due_approvals(&now, 1000).await? {
-            if let Some(e) = engine.tick_approval(&rec).map_err(engine_err)? {
-                match self.store.apply_effects(&tenant, &[e]).await {
-                    Ok(()) | Err(StoreError::StateConflict) => done += 1,
-                    Err(e) => return Err(e.into()),
+            let outcome = match engine.tick_approval(&rec).map_err(engine_err) {
+                Ok(Some(e)) => self.store.apply_effects(&tenant, &[e]).await.map_err(ApiError::from),
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) | Err(ApiError::Protocol(scimgate_scim::ProtocolError::Conflict(_))) => done += 1,
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, approval = %rec.id, "approval deadline failed; will retry");
+                    e.log();
                 }
             }
         }

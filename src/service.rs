@@ -261,25 +261,35 @@ impl ScimService {
         let password_hash = self.take_password(kind, &mut doc).await?;
         let tenant = &cx.tenant.id;
         let attrs = attribute_names(&doc);
-        if kind == ResourceKind::User
-            && let Some(old) = self.rehire_match(tenant, &doc).await?
-        {
-            let effects = self
-                .decide_rehire(tenant, &old.id, &doc)
-                .await?
-                .map(|d| vec![d.effects])
-                .unwrap_or_default();
-            let audit = vec![request_audit(cx, "rehire", kind, &old.id, attrs)];
-            let w = Write {
-                doc,
-                password_hash,
-                doc_changed: true,
-                effects,
-                audit,
-            };
-            let stored = self.store.revive(tenant, &old.id, old.version, w).await?;
-            tracing::info!(tenant = %tenant, id = %stored.id, "rehire: archived identity reused");
-            return self.output(cx, kind, &stored, proj, StatusCode::CREATED).await;
+        if kind == ResourceKind::User {
+            // A rehire reuses the archived identity; a concurrent timer or a second POST can move it between the
+            // read and the write, so it retries like any compare-and-swap.
+            for _ in 0..MAX_CAS_RETRIES {
+                let Some(old) = self.rehire_match(tenant, &doc).await? else {
+                    break;
+                };
+                let effects = self
+                    .decide_rehire(tenant, &old.id, &doc)
+                    .await?
+                    .map(|d| vec![d.effects])
+                    .unwrap_or_default();
+                let audit = vec![request_audit(cx, "rehire", kind, &old.id, attrs.clone())];
+                let w = Write {
+                    doc: doc.clone(),
+                    password_hash: password_hash.clone(),
+                    doc_changed: true,
+                    effects,
+                    audit,
+                };
+                match self.store.revive(tenant, &old.id, old.version, w).await {
+                    Ok(stored) => {
+                        tracing::info!(tenant = %tenant, id = %stored.id, "rehire: archived identity reused");
+                        return self.output(cx, kind, &stored, proj, StatusCode::CREATED).await;
+                    }
+                    Err(StoreError::VersionMismatch | StoreError::StateConflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         let id = uuid::Uuid::now_v7().to_string();
         let effects = match kind {
@@ -344,6 +354,14 @@ impl ScimService {
             return Err(ApiError::NotModified(etag(s.version)));
         }
         self.output(cx, kind, &s, proj, StatusCode::OK).await
+    }
+
+    /// Out of compare-and-swap retries: 412 if the client sent If-Match, otherwise a 409 asking for a retry.
+    fn exhausted(pre: &Preconditions) -> ApiError {
+        match pre.if_match {
+            Some(_) => ApiError::PreconditionFailed,
+            None => ProtocolError::Conflict("the resource keeps changing concurrently; retry".into()).into(),
+        }
     }
 
     fn check_if_match(pre: &Preconditions, version: i64) -> Result<(), ApiError> {
@@ -412,7 +430,7 @@ impl ScimService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::PreconditionFailed)
+        Err(Self::exhausted(pre))
     }
 
     #[tracing::instrument(name = "scim.patch", skip_all, fields(tenant = %cx.tenant.id))]
@@ -472,7 +490,7 @@ impl ScimService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::PreconditionFailed)
+        Err(Self::exhausted(pre))
     }
 
     /// `members[type eq "Group"]`-style removals become explicit ids, read under the same version check.
@@ -587,7 +605,7 @@ impl ScimService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::PreconditionFailed)
+        Err(Self::exhausted(pre))
     }
 
     /// The lifecycle effects of replacing `current` with `doc` (and changing membership, for groups).

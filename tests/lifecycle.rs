@@ -1064,3 +1064,53 @@ async fn the_audit_trail_records_requests_decisions_and_approvals() {
     let approval = ann.iter().find(|r| r.kind == "approval").expect("the approval");
     assert_eq!(approval.actor, "boss");
 }
+
+/// Nobody approves their own access; approvers see only the requests that name them, and not identities.
+#[tokio::test(flavor = "multi_thread")]
+async fn approvers_cannot_approve_themselves_or_read_what_is_not_theirs() {
+    let w = World::new().await;
+    let boss = w.create(employee("boss", "Sales", json!({}))).await;
+    // The security approver sec-1 is also an ERP admin requesting privileged access.
+    let id = w
+        .create(employee(
+            "sec-1",
+            "Sales",
+            json!({ENT: {"manager": boss}, WF: {"jobCode": "ERPADM"}}),
+        ))
+        .await;
+    let req = w.pending("boss").await[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(w.decide("boss", &req, "approve").await.0, 200);
+    let (s, v) = w.decide("sec-1", &req, "approve").await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["detail"].as_str().expect("detail").contains("own access"));
+    assert_eq!(w.holds(&id, "erp").await.1, Vec::<String>::new());
+    // erp-owner is named nowhere in this high-tier request: it cannot read it, nor the identity.
+    assert_eq!(
+        w.admin(
+            "erp-owner",
+            Method::GET,
+            &format!("/tenants/acme/approvals/{req}"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        w.admin(
+            "erp-owner",
+            Method::GET,
+            &format!("/tenants/acme/identities/{id}"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        w.admin("sec-2", Method::GET, &format!("/tenants/acme/approvals/{req}"), None)
+            .await
+            .0,
+        200
+    );
+}

@@ -91,6 +91,12 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 }
 
 const READERS: &[AdminRole] = &[AdminRole::Operator, AdminRole::Approver, AdminRole::Auditor];
+/// Who may read identities, plans and exceptions: not approvers, who see only the requests addressed to them.
+const OVERSEERS: &[AdminRole] = &[AdminRole::Operator, AdminRole::Auditor];
+
+fn sees_all(admin: &Admin) -> bool {
+    admin.0.roles.iter().any(|r| OVERSEERS.contains(r))
+}
 
 fn engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
     state
@@ -153,6 +159,11 @@ async fn policy_reload(State(st): State<Arc<AppState>>, admin: Admin) -> Result<
     let e = engine(&st)?;
     let before = e.policy().hash().to_string();
     let result = e.reload();
+    if result.is_ok() {
+        // Every identity is recomputed under the new policy version, in the background, whatever follows.
+        let state = st.clone();
+        tokio::spawn(async move { reevaluate_all(&state, "policy").await });
+    }
     let at = scimgate_scim::resource::format_datetime(e.now());
     for t in &st.tenants {
         let entry = scimgate_store::AuditEntry {
@@ -168,12 +179,7 @@ async fn policy_reload(State(st): State<Arc<AppState>>, admin: Admin) -> Result<
         st.service.store.append(&t.id, &at, &[entry]).await?;
     }
     match result {
-        Ok(hash) => {
-            let state = st.clone();
-            // Every identity is recomputed under the new policy version, in the background.
-            tokio::spawn(async move { reevaluate_all(&state, "policy").await });
-            Ok(json_response(StatusCode::OK, &json!({"hash": hash})))
-        }
+        Ok(hash) => Ok(json_response(StatusCode::OK, &json!({"hash": hash}))),
         Err(msg) => Ok(json_response(
             StatusCode::BAD_REQUEST,
             &json!({"error": msg, "running_policy_hash": e.policy().hash()}),
@@ -334,11 +340,7 @@ async fn list_approvals(
         .store
         .approvals(&t, q.status.as_deref(), q.identity.as_deref())
         .await?;
-    let sees_all = admin
-        .0
-        .roles
-        .iter()
-        .any(|r| matches!(r, AdminRole::Auditor | AdminRole::Operator));
+    let sees_all = sees_all(&admin);
     let mut out = Vec::new();
     for a in &all {
         let req: ApprovalRequest = serde_json::from_str(&a.request).map_err(ApiError::internal)?;
@@ -365,6 +367,12 @@ async fn get_approval(
         .approval(&t, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound("approval not found".into()))?;
+    if !sees_all(&admin) {
+        let req: ApprovalRequest = serde_json::from_str(&a.request).map_err(ApiError::internal)?;
+        if !req.stages.iter().any(|s| s.approvers.contains(&admin.0.name)) {
+            return Err(ApiError::NotFound("approval not found".into()));
+        }
+    }
     Ok(json_response(StatusCode::OK, &approval_json(&a)?))
 }
 
@@ -403,6 +411,17 @@ async fn decide(
             .approval(&t, &id)
             .await?
             .ok_or_else(|| ApiError::NotFound("approval not found".into()))?;
+        // Nobody approves their own access, whatever the stage names.
+        let subject = svc.store.get_with_archived(&t, &a.identity_id).await?;
+        let subject_name = subject
+            .as_ref()
+            .and_then(|(u, _)| u.doc.get("userName"))
+            .and_then(Value::as_str);
+        if subject_name == Some(admin.0.name.as_str()) {
+            return Err(ApiError::Forbidden(
+                "an approver cannot decide a request for their own access".into(),
+            ));
+        }
         let state = svc.store.identity_state(&t, &a.identity_id).await?;
         let (effects, status) = e
             .decide_approval(&a, state.as_ref(), &admin.0.name, approve, &d.reason)
@@ -429,7 +448,7 @@ async fn identity(
     admin: Admin,
     ScimPath((t, id)): ScimPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    admin.require(READERS)?;
+    admin.require(OVERSEERS)?;
     tenant(&st, &t)?;
     let svc = &st.service;
     let (user, archived) = svc
@@ -486,7 +505,7 @@ async fn plans(
     ScimPath(t): ScimPath<String>,
     ScimQuery(q): ScimQuery<PlanQuery>,
 ) -> Result<Response, ApiError> {
-    admin.require(READERS)?;
+    admin.require(OVERSEERS)?;
     tenant(&st, &t)?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let plans = st.service.store.plans(&t, q.identity.as_deref(), limit).await?;
@@ -501,7 +520,7 @@ async fn exceptions(
     admin: Admin,
     ScimPath(t): ScimPath<String>,
 ) -> Result<Response, ApiError> {
-    admin.require(READERS)?;
+    admin.require(OVERSEERS)?;
     tenant(&st, &t)?;
     let now = st
         .service

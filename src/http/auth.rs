@@ -89,6 +89,11 @@ impl TenantGuard {
         ))
     }
 
+    /// A failed authentication still counts against the tenant's limit, so guessing is throttled too.
+    pub fn charge_failure(&self) -> Result<(), ApiError> {
+        self.check_rate("unauthenticated")
+    }
+
     /// Apply the tenant's and the credential's rate limits.
     pub fn check_rate(&self, credential: &str) -> Result<(), ApiError> {
         let wait = |nu: governor::NotUntil<governor::clock::QuantaInstant>| {
@@ -131,7 +136,12 @@ pub struct JwtValidator {
     cfg: JwtConfig,
     cache: moka::future::Cache<(), Arc<JwkSet>>,
     client: reqwest::Client,
+    /// When an unknown `kid` last forced a refetch: at most one per [`REFRESH_EVERY`], so tokens with random
+    /// `kid`s cannot make the gateway hammer the IdP.
+    last_refresh: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 const ALLOWED: &[Algorithm] = &[
     Algorithm::RS256,
@@ -155,7 +165,12 @@ impl JwtValidator {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        JwtValidator { cfg, cache, client }
+        JwtValidator {
+            cfg,
+            cache,
+            client,
+            last_refresh: std::sync::Mutex::new(None),
+        }
     }
 
     async fn load(&self) -> Result<Arc<JwkSet>, String> {
@@ -203,7 +218,17 @@ impl JwtValidator {
         let jwk = match find(&keys) {
             Some(k) => k,
             None => {
-                // Key rotation: refetch once.
+                // Key rotation: refetch, but not more than once per REFRESH_EVERY.
+                let may_refresh = match self.last_refresh.lock() {
+                    Ok(mut last) if last.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) => {
+                        *last = Some(std::time::Instant::now());
+                        true
+                    }
+                    _ => false,
+                };
+                if !may_refresh {
+                    return Err("no key matches the token's kid".into());
+                }
                 keys = self.keys(true).await?;
                 find(&keys).ok_or("no key matches the token's kid")?
             }

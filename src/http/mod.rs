@@ -148,7 +148,12 @@ async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -
     };
     let credential = match guard.authenticate(presented).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            if let Err(limited) = guard.charge_failure() {
+                return limited.into_response();
+            }
+            return e.into_response();
+        }
     };
     if let Err(e) = guard.check_rate(&credential) {
         return e.into_response();

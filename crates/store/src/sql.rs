@@ -502,7 +502,20 @@ impl Store for SqlStore {
         let ts = now();
         let doc_text = Self::doc_text(&w.doc)?;
         let mut tx = self.pool.begin().await?;
-        // Membership first, counting real changes; all of it rolls back if the version check below fails.
+        // Lock the row at the expected version first (PostgreSQL: concurrent member changes to one group queue
+        // here instead of deadlocking on member rows), then membership, counting real changes.
+        let locked = sqlx::query(&format!(
+            "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND version = $3 AND archived_at IS NULL",
+            table(kind)
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(expect)
+        .execute(&mut *tx)
+        .await?;
+        if locked.rows_affected() == 0 {
+            return Err(Self::missing_or_moved(&mut tx, tenant, kind, id).await?);
+        }
         let member_changes = match kind {
             ResourceKind::Group => Self::apply_member_ops(&mut tx, tenant, id, members).await?,
             ResourceKind::User => 0,
