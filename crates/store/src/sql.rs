@@ -176,20 +176,30 @@ impl SqlStore {
     /// Add members to a group, checking each exists in the tenant. Already-present members are left alone.
     async fn add_members(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        dialect: Dialect,
         tenant: &str,
         group_id: &str,
         members: &[Member],
     ) -> Result<u64, StoreError> {
         let mut added = 0;
         for m in members {
-            let found: Option<String> = sqlx::query_scalar(
-                "SELECT 'User' FROM scim_users WHERE tenant = $1 AND id = $2 AND archived_at IS NULL \
-                 UNION ALL SELECT 'Group' FROM scim_groups WHERE tenant = $1 AND id = $2 AND archived_at IS NULL",
-            )
-            .bind(tenant)
-            .bind(&m.value)
-            .fetch_optional(&mut **tx)
-            .await?;
+            // PostgreSQL: share-lock the member's row, so a concurrent DELETE (archive) of that user or group
+            // either commits first (and the row no longer qualifies) or waits for this insert (and removes it).
+            let lock = if dialect == Dialect::Postgres { " FOR SHARE" } else { "" };
+            let mut found = None;
+            for (kind, table) in [("User", "scim_users"), ("Group", "scim_groups")] {
+                let hit: Option<String> = sqlx::query_scalar(&format!(
+                    "SELECT id FROM {table} WHERE tenant = $1 AND id = $2 AND archived_at IS NULL{lock}"
+                ))
+                .bind(tenant)
+                .bind(&m.value)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if hit.is_some() {
+                    found = Some(kind.to_string());
+                    break;
+                }
+            }
             let Some(kind) = found else {
                 return Err(StoreError::InvalidMember(format!("member {} does not exist", m.value)));
             };
@@ -223,6 +233,7 @@ impl SqlStore {
     /// difference, so re-sending the same list changes nothing.
     async fn apply_member_ops(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        dialect: Dialect,
         tenant: &str,
         group_id: &str,
         ops: &[MemberOp],
@@ -230,7 +241,7 @@ impl SqlStore {
         let mut changed = 0;
         for op in ops {
             match op {
-                MemberOp::Add(list) => changed += Self::add_members(tx, tenant, group_id, list).await?,
+                MemberOp::Add(list) => changed += Self::add_members(tx, dialect, tenant, group_id, list).await?,
                 MemberOp::Replace(list) => {
                     let current: Vec<String> = sqlx::query_scalar(
                         "SELECT member_id FROM scim_group_members WHERE tenant = $1 AND group_id = $2",
@@ -252,7 +263,7 @@ impl SqlStore {
                         .filter(|m| !have.contains(m.value.as_str()))
                         .cloned()
                         .collect();
-                    changed += Self::add_members(tx, tenant, group_id, &new).await?;
+                    changed += Self::add_members(tx, dialect, tenant, group_id, &new).await?;
                 }
                 MemberOp::Remove(ids) => changed += Self::remove_members(tx, tenant, group_id, ids).await?,
                 MemberOp::RemoveWhere(_) => {
@@ -461,7 +472,7 @@ impl Store for SqlStore {
         match kind {
             ResourceKind::User => Self::write_emails(&mut tx, tenant, &id, &w.doc).await?,
             ResourceKind::Group => {
-                Self::add_members(&mut tx, tenant, &id, members).await?;
+                Self::add_members(&mut tx, self.dialect, tenant, &id, members).await?;
             }
         }
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
@@ -517,7 +528,7 @@ impl Store for SqlStore {
             return Err(Self::missing_or_moved(&mut tx, tenant, kind, id).await?);
         }
         let member_changes = match kind {
-            ResourceKind::Group => Self::apply_member_ops(&mut tx, tenant, id, members).await?,
+            ResourceKind::Group => Self::apply_member_ops(&mut tx, self.dialect, tenant, id, members).await?,
             ResourceKind::User => 0,
         };
         let res = if !w.doc_changed && member_changes == 0 {
