@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use scimgate_scim::patch::MemberOp;
 use scimgate_scim::schema::{ENTERPRISE_URN, ResourceKind};
-use scimgate_store::{Effects, IdentityState, StoreError};
+use scimgate_store::{Effects, IdentityState, StoreError, Stored};
 
 use crate::engine::{Decision, Engine, EngineError, Subject};
 use crate::http::error::ApiError;
@@ -34,7 +34,7 @@ pub(crate) struct Change<'a> {
 
 /// How a membership change affects one user: the groups before and after.
 struct Affected {
-    user: String,
+    user: Stored,
     before: Vec<String>,
     after: Vec<String>,
 }
@@ -185,9 +185,9 @@ impl ScimService {
             .collect();
         let mut affected = Vec::new();
         for uid in affected_ids {
-            if self.store.get(tenant, ResourceKind::User, uid).await?.is_none() {
+            let Some(user) = self.store.get(tenant, ResourceKind::User, uid).await? else {
                 continue; // a nested group, or a member that is not (yet) a user
-            }
+            };
             let before = self.group_names(tenant, uid).await?;
             let mut groups: Vec<String> = before.clone();
             if current.contains(uid)
@@ -202,21 +202,19 @@ impl ScimService {
                 groups.push(new.to_string());
             }
             affected.push(Affected {
-                user: uid.clone(),
+                user,
                 before,
                 after: groups,
             });
         }
         let mut effects = Vec::with_capacity(affected.len());
         for a in affected {
-            let Some(user) = self.store.get(tenant, ResourceKind::User, &a.user).await? else {
-                continue;
-            };
+            let user = &a.user;
             let Some(d) = self
                 .decide_user(
                     tenant,
                     Change {
-                        id: &a.user,
+                        id: &user.id,
                         doc: &user.doc,
                         groups: &a.after,
                         archived: false,
@@ -229,10 +227,12 @@ impl ScimService {
                 continue;
             };
             if !d.refused.is_empty() {
-                let was = self.refused_with(engine, tenant, &a.user, &user.doc, &a.before).await?;
+                let was = self
+                    .refused_with(engine, tenant, &user.id, &user.doc, &a.before)
+                    .await?;
                 let new: Vec<&String> = d.refused.iter().filter(|r| !was.contains(*r)).collect();
                 if let Some(rule) = new.first() {
-                    let name = user.doc.get("userName").and_then(Value::as_str).unwrap_or(&a.user);
+                    let name = user.doc.get("userName").and_then(Value::as_str).unwrap_or(&user.id);
                     return Err(ApiError::Forbidden(format!(
                         "refused by Separation-of-Duties rule {rule}: this membership would give {name} conflicting entitlements"
                     )));

@@ -434,9 +434,8 @@ impl Engine {
         if !stage.approved_by.is_empty() {
             return Ok(None);
         }
-        let fresh: ApprovalRequest =
-            serde_json::from_str(&self.request(policy, s, &req.item, need, self.now())?.request)?;
-        let Some(now_stage) = fresh.stages.get(req.stage) else {
+        let (_, fresh) = resolve_stages(policy, s, &req.item, need)?;
+        let Some(now_stage) = fresh.get(req.stage) else {
             return Ok(None);
         };
         if now_stage.approvers == stage.approvers {
@@ -465,33 +464,7 @@ impl Engine {
         need: &ApprovalNeed,
         now: DateTime<Utc>,
     ) -> Result<ApprovalRecord, EngineError> {
-        let tier = policy
-            .tier(&need.tier)
-            .ok_or_else(|| EngineError::Conflict(format!("approval tier {} is not in the policy", need.tier)))?;
-        let owner = item
-            .entitlement
-            .as_deref()
-            .and_then(|e| policy.entitlement(e))
-            .map(|e| e.owner.clone());
-        let stages = tier
-            .stages
-            .iter()
-            .map(|st| ResolvedStage {
-                id: st.id.clone(),
-                approvers: match &st.approvers {
-                    Approvers::Manager => s.manager.clone().into_iter().collect(),
-                    Approvers::AppOwner => owner.clone().into_iter().collect(),
-                    Approvers::Named(names) => names.clone(),
-                },
-                decision: match st.decision {
-                    StageRule::First => "first",
-                    StageRule::All => "all",
-                }
-                .to_string(),
-                escalate_to: st.escalate_to.clone(),
-                approved_by: vec![],
-            })
-            .collect();
+        let (tier, stages) = resolve_stages(policy, s, item, need)?;
         let req = ApprovalRequest {
             item: item.clone(),
             tier: need.tier.clone(),
@@ -662,6 +635,43 @@ impl Engine {
             ..Effects::default()
         }))
     }
+}
+
+/// The tier's stages with their approvers resolved to principal names for this identity and item.
+fn resolve_stages<'p>(
+    policy: &'p Policy,
+    s: &Subject<'_>,
+    item: &PlanItem,
+    need: &ApprovalNeed,
+) -> Result<(&'p scimgate_policy::Tier, Vec<ResolvedStage>), EngineError> {
+    let tier = policy
+        .tier(&need.tier)
+        .ok_or_else(|| EngineError::Conflict(format!("approval tier {} is not in the policy", need.tier)))?;
+    let owner = item
+        .entitlement
+        .as_deref()
+        .and_then(|e| policy.entitlement(e))
+        .map(|e| e.owner.clone());
+    let stages = tier
+        .stages
+        .iter()
+        .map(|st| ResolvedStage {
+            id: st.id.clone(),
+            approvers: match &st.approvers {
+                Approvers::Manager => s.manager.clone().into_iter().collect(),
+                Approvers::AppOwner => owner.clone().into_iter().collect(),
+                Approvers::Named(names) => names.clone(),
+            },
+            decision: match st.decision {
+                StageRule::First => "first",
+                StageRule::All => "all",
+            }
+            .to_string(),
+            escalate_to: st.escalate_to.clone(),
+            approved_by: vec![],
+        })
+        .collect();
+    Ok((tier, stages))
 }
 
 fn input<'a>(s: &'a Subject<'a>) -> IdentityInput<'a> {
