@@ -42,7 +42,85 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// How downstream work is queued, retried and alerted on.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Downstream systems, each with its adapter. The ids are the policy's target ids.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
     pub tenants: Vec<TenantConfig>,
+}
+
+/// The durable outbox and its workers (`src/outbox`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Run workers in this process. Several processes may share a PostgreSQL queue; with SQLite, one.
+    pub workers: bool,
+    /// How often idle workers look for ready rows (a commit in this process wakes them at once).
+    pub poll_ms: u64,
+    /// How long a claimed row stays leased to its worker; a worker that dies loses it after this.
+    pub lease_secs: u64,
+    /// Attempts before a row becomes a dead letter (targets may override).
+    pub max_attempts: u32,
+    /// Retry backoff: `min(max, base * 2^(attempt-1))`, with full jitter.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Consecutive failures that open a target's circuit; while open nothing is sent and nothing is spent.
+    pub breaker_failures: u32,
+    /// How long an open circuit waits before a health check may close it again.
+    pub breaker_cooldown_ms: u64,
+    /// How long one adapter call may take.
+    pub operation_timeout_secs: u64,
+    /// Key sealing passwords in the outbox: 32 bytes, base64. Without a key, passwords are not forwarded.
+    pub secret_key: Option<String>,
+    pub secret_key_file: Option<PathBuf>,
+    /// POSTed a JSON alert when a target goes down or comes back, and when dead letters appear.
+    pub alert_webhook: Option<String>,
+    /// Delivered rows are kept this long for inspection, then deleted. Dead letters are never deleted.
+    pub retain_done_days: u32,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            workers: true,
+            poll_ms: 500,
+            lease_secs: 60,
+            max_attempts: 8,
+            backoff_base_ms: 500,
+            backoff_max_ms: 300_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 5_000,
+            operation_timeout_secs: 30,
+            secret_key: None,
+            secret_key_file: None,
+            alert_webhook: None,
+            retain_done_days: 7,
+        }
+    }
+}
+
+/// One downstream system. Exactly one adapter table (`ldap`, `sql`, `file`, `rest`, `scim`) configures it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The policy's target id.
+    pub id: String,
+    /// Deliveries in flight at once to this target.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Overrides `outbox.max_attempts`.
+    pub max_attempts: Option<u32>,
+    pub ldap: Option<toml::Value>,
+    pub sql: Option<toml::Value>,
+    pub file: Option<toml::Value>,
+    pub rest: Option<toml::Value>,
+    pub scim: Option<toml::Value>,
+}
+
+fn default_concurrency() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -428,6 +506,44 @@ impl Config {
         }
         if self.scim.bulk_max_operations == 0 {
             return Err(invalid("scim: bulk_max_operations must be at least 1"));
+        }
+        let o = &self.outbox;
+        if o.max_attempts == 0 || o.lease_secs == 0 || o.breaker_failures == 0 || o.operation_timeout_secs == 0 {
+            return Err(invalid(
+                "outbox: max_attempts, lease_secs, breaker_failures and operation_timeout_secs must be positive",
+            ));
+        }
+        if o.operation_timeout_secs >= o.lease_secs {
+            return Err(invalid("outbox: operation_timeout_secs must be shorter than lease_secs"));
+        }
+        if o.secret_key.is_some() && o.secret_key_file.is_some() {
+            return Err(invalid("outbox: give secret_key or secret_key_file, not both"));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for t in &self.targets {
+            if !ids.insert(t.id.as_str()) {
+                return Err(invalid(format!("targets: id {} appears twice", t.id)));
+            }
+            if t.concurrency == 0 || t.concurrency > 256 {
+                return Err(invalid(format!("target {}: concurrency must be between 1 and 256", t.id)));
+            }
+            if t.max_attempts == Some(0) {
+                return Err(invalid(format!("target {}: max_attempts must be positive", t.id)));
+            }
+            let kinds = [
+                t.ldap.is_some(),
+                t.sql.is_some(),
+                t.file.is_some(),
+                t.rest.is_some(),
+                t.scim.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(invalid(format!(
+                    "target {}: exactly one of [targets.ldap], [targets.sql], [targets.file], [targets.rest], \
+                     [targets.scim] is required",
+                    t.id
+                )));
+            }
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod http;
 mod lifecycle;
 pub mod metrics;
+pub mod outbox;
 pub mod schemas;
 pub mod server;
 pub mod service;
@@ -43,6 +44,10 @@ pub enum StartError {
     Policy(#[from] engine::EngineError),
     #[error("cursor key file {path}: {source}")]
     CursorKey { path: String, source: std::io::Error },
+    #[error("outbox: {0}")]
+    Seal(#[from] outbox::seal::SealError),
+    #[error("target {target}: {error}")]
+    Target { target: String, error: String },
 }
 
 /// Build everything the router needs from a validated config: registry, store (migrated), tenants, and the
@@ -74,12 +79,27 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
         }
         None => None,
     };
+    let sealer = match (&cfg.outbox.secret_key, &cfg.outbox.secret_key_file) {
+        (Some(k), _) => Some(outbox::seal::Sealer::from_base64(k)?),
+        (None, Some(p)) => Some(outbox::seal::Sealer::from_file(p)?),
+        (None, None) => None,
+    };
+    let store: Arc<dyn scimgate_store::Backend> = Arc::new(store);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let specs = outbox::targets::build(&cfg.targets).await?;
+    let alerter = match &cfg.outbox.alert_webhook {
+        Some(url) => outbox::alert::Alerter::webhook(url.clone()),
+        None => outbox::alert::Alerter::none(),
+    };
+    let outbox = outbox::Outbox::new(store.clone(), specs, &cfg.outbox, wake.clone(), sealer.clone(), alerter);
     let service = ScimService {
         reg,
-        store: Arc::new(store),
+        store,
         engine,
         limits: Limits::from(&cfg.scim),
         cursor_key,
+        sealer,
+        wake,
     };
     let guards = tenants
         .iter()
@@ -87,6 +107,7 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
         .collect();
     Ok(Arc::new(AppState {
         service,
+        outbox,
         admins: cfg.admin_users()?,
         guards,
         tenants,

@@ -30,6 +30,8 @@ pub(crate) struct Change<'a> {
     pub groups: &'a [String],
     pub archived: bool,
     pub fresh: bool,
+    /// The document or password changed (accounts are refreshed downstream).
+    pub changed: bool,
 }
 
 /// How a membership change affects one user: the groups before and after.
@@ -80,6 +82,7 @@ impl ScimService {
             groups,
             archived,
             fresh,
+            changed,
         } = c;
         let Some(engine) = &self.engine else { return Ok(None) };
         let (prior, exceptions, pending) = if fresh {
@@ -99,6 +102,7 @@ impl ScimService {
             groups,
             archived,
             manager,
+            changed,
         };
         engine
             .decide(&subject, prior.as_ref(), &exceptions, &pending, cause)
@@ -129,6 +133,7 @@ impl ScimService {
             groups: &[],
             archived: false,
             manager,
+            changed: true,
         };
         let mut d = engine
             .decide(&subject, prior.as_ref(), &[], &[], "rehire")
@@ -219,6 +224,7 @@ impl ScimService {
                         groups: &a.after,
                         archived: false,
                         fresh: false,
+                        changed: false,
                     },
                     "membership",
                 )
@@ -261,6 +267,7 @@ impl ScimService {
             groups,
             archived: false,
             manager: None,
+            changed: false,
         };
         let plan = Engine::preview(&engine.policy(), &subject, prior.as_ref(), &exceptions, engine.now())
             .map_err(engine_err)?;
@@ -287,6 +294,7 @@ impl ScimService {
                         groups: &groups,
                         archived,
                         fresh: false,
+                        changed: false,
                     },
                     cause,
                 )

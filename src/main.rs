@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The outbox's dead letters and other rows: list, show one, replay.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Show what a policy file would grant and revoke for every identity, before it is applied.
     Plan {
         #[arg(long, short)]
@@ -86,6 +91,119 @@ enum AuditCommand {
         #[arg(long)]
         older_than_days: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Rows as JSON lines (default: dead letters), oldest first.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// pending, running, done, dead, superseded
+        #[arg(long, default_value = "dead")]
+        status: String,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One row, with its payload and last error.
+    Show {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Put dead letters back in the queue (a running gateway picks them up within its poll interval).
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// Row ids; with --all, every dead letter of the tenant (and --target).
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
+    let config = match &cmd {
+        OutboxCommand::List { config, .. } | OutboxCommand::Show { config, .. } | OutboxCommand::Replay { config, .. } => {
+            config
+        }
+    };
+    let cfg = Config::load(config).with_context(|| format!("config {}", config.display()))?;
+    let store = scimgate_store::SqlStore::connect(&scimgate_store::sql::StoreOptions {
+        url: cfg.store.url.clone(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await?;
+    let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    match cmd {
+        OutboxCommand::List {
+            tenant,
+            status,
+            target,
+            identity,
+            limit,
+            ..
+        } => {
+            let rows = scimgate::outbox::ops::list(&store, &tenant, Some(status), target, identity, limit).await?;
+            for r in &rows {
+                println!("{}", scimgate::outbox::ops::to_json(r, false));
+            }
+            eprintln!("{} rows", rows.len());
+        }
+        OutboxCommand::Show { tenant, id, .. } => match store_get(&store, &tenant, &id).await? {
+            Some(r) => println!("{}", serde_json::to_string_pretty(&scimgate::outbox::ops::to_json(&r, true))?),
+            None => anyhow::bail!("no outbox row {id} in tenant {tenant}"),
+        },
+        OutboxCommand::Replay {
+            tenant,
+            ids,
+            all,
+            target,
+            ..
+        } => {
+            let ids = if all {
+                scimgate::outbox::ops::list(&store, &tenant, Some("dead".into()), target, None, 100_000)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect()
+            } else {
+                ids
+            };
+            let mut n = 0;
+            for id in &ids {
+                if scimgate::outbox::ops::replay(&store, &tenant, id, &actor).await? {
+                    n += 1;
+                } else {
+                    eprintln!("{id}: not a dead letter (skipped)");
+                }
+            }
+            println!("{n} dead letter(s) put back in the queue");
+        }
+    }
+    Ok(())
+}
+
+async fn store_get(
+    store: &scimgate_store::SqlStore,
+    tenant: &str,
+    id: &str,
+) -> anyhow::Result<Option<scimgate_store::OutboxEntry>> {
+    use scimgate_store::OutboxStore;
+    Ok(store.outbox_get(tenant, id).await?)
 }
 
 async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
@@ -191,15 +309,16 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Check { config } => check(config),
+            Command::Check { config } => check(config).await,
             Command::Serve { config, listen } => serve(config, listen).await,
             Command::Plan { config, policy, tenant } => plan(config, policy, tenant).await,
             Command::Audit { command } => audit(command).await,
+            Command::Outbox { command } => outbox(command).await,
         }
     })
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+async fn check(path: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&path).with_context(|| format!("config {}", path.display()))?;
     let tenants = cfg.tenants()?;
     let reg = scimgate::schemas::load(&cfg.scim.schemas_dir)?;
@@ -207,9 +326,29 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         server::tls_config(&tls.cert, &tls.key, tls.client_ca.as_deref())?;
     }
     cfg.admin_users()?;
+    let targets = scimgate::outbox::targets::build(&cfg.targets).await?;
+    for t in &targets {
+        println!("target ok: {} ({})", t.id, t.adapter.kind());
+    }
     if let Some(p) = &cfg.policy {
         let policy = scimgate::engine::Engine::load(&p.file)?;
         println!("policy ok: {} (sha256 {})", p.file.display(), policy.hash());
+        for id in policy.targets() {
+            if !targets.iter().any(|t| t.id == id) {
+                println!(
+                    "warning: policy target {id} has no [[targets]] entry: in enforce mode its work becomes dead \
+                     letters until one is configured"
+                );
+            }
+        }
+        for t in &targets {
+            if policy.target(&t.id).is_none() {
+                println!("warning: target {} is not a target of the policy: nothing will be sent to it", t.id);
+            }
+        }
+    }
+    if cfg.outbox.secret_key.is_none() && cfg.outbox.secret_key_file.is_none() {
+        println!("note: no outbox.secret_key: passwords from the IdP are hashed locally and not forwarded to targets");
     }
     println!(
         "config ok: {} tenant(s), {} schema(s), resource types {}",
@@ -240,7 +379,24 @@ async fn serve(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> 
     if let Some(m) = &cfg.metrics {
         spawn_metrics_listener(state.clone(), m.listen).await?;
     }
-    spawn_housekeeping(state.clone(), cfg.audit.retention_days);
+    spawn_housekeeping(state.clone(), cfg.audit.retention_days, cfg.outbox.retain_done_days);
+    if cfg.outbox.workers {
+        if cfg.store.url.starts_with("sqlite:") {
+            // One process owns a SQLite queue: leases held by a previous run died with it.
+            let n = state
+                .service
+                .store
+                .release_leases(&scimgate_scim::resource::format_datetime(chrono::Utc::now()))
+                .await?;
+            if n > 0 {
+                tracing::warn!(released = n, "outbox rows leased by a previous run are queued again");
+            }
+        }
+        for t in state.outbox.targets() {
+            tracing::info!(target_id = %t.id, kind = t.adapter.kind(), "outbox target");
+        }
+        state.outbox.clone().spawn();
+    }
     let addr = listen.unwrap_or(cfg.server.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -275,7 +431,10 @@ fn spawn_timers(state: Arc<AppState>, every: Duration) {
             interval.tick().await;
             match state.service.tick().await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(done = n, "lifecycle timers ran"),
+                Ok(n) => {
+                    tracing::info!(done = n, "lifecycle timers ran");
+                    state.outbox.wake();
+                }
                 Err(e) => e.log(),
             }
         }
@@ -337,7 +496,7 @@ async fn spawn_metrics_listener(state: Arc<AppState>, addr: SocketAddr) -> anyho
 }
 
 /// Periodic upkeep: forget idle per-credential rate-limit buckets; apply audit retention hourly.
-fn spawn_housekeeping(state: Arc<AppState>, retention_days: Option<u32>) {
+fn spawn_housekeeping(state: Arc<AppState>, retention_days: Option<u32>, retain_done_days: u32) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         let mut minutes = 0u64;
@@ -357,6 +516,15 @@ fn spawn_housekeeping(state: Arc<AppState>, retention_days: Option<u32>) {
                         Ok(n) => tracing::info!(tenant = %t.id, pruned = n, "audit retention applied"),
                         Err(e) => tracing::error!(tenant = %t.id, error = %e, "audit retention failed"),
                     }
+                }
+            }
+            if minutes % 60 == 30 {
+                let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retain_done_days));
+                let cutoff = scimgate_scim::resource::format_datetime(cutoff);
+                match state.service.store.prune_done(&cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "delivered outbox rows pruned"),
+                    Err(e) => tracing::error!(error = %e, "outbox pruning failed"),
                 }
             }
             minutes += 1;

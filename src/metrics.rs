@@ -25,6 +25,21 @@ pub struct Metrics {
     pub approval_decisions: IntCounterVec,
     pub leaver_time_to_lock: Histogram,
     pub lifecycle_timers: IntCounter,
+    pub outbox_entries: IntGaugeVec,
+    pub outbox_oldest: prometheus::GaugeVec,
+    pub deliveries: IntCounterVec,
+    pub delivery_duration: HistogramVec,
+    pub target_up: IntGaugeVec,
+    pub alerts: IntCounterVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = match IntGaugeVec::new(Opts::new(name, help), labels) {
+        Ok(g) => g,
+        Err(e) => unreachable!("metric {name} is well-formed: {e}"),
+    };
+    let _ = r.register(Box::new(g.clone()));
+    g
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -79,7 +94,56 @@ impl Metrics {
             Err(e) => unreachable!("counter is well-formed: {e}"),
         };
         let _ = r.register(Box::new(lifecycle_timers.clone()));
+        let delivery_duration = match HistogramVec::new(
+            HistogramOpts::new(
+                "scimgate_outbox_delivery_duration_seconds",
+                "Time of one adapter call, by target and outcome",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["target", "outcome"],
+        ) {
+            Ok(h) => h,
+            Err(e) => unreachable!("histogram is well-formed: {e}"),
+        };
+        let _ = r.register(Box::new(delivery_duration.clone()));
+        let outbox_oldest = match prometheus::GaugeVec::new(
+            Opts::new(
+                "scimgate_outbox_oldest_pending_seconds",
+                "Age of the oldest row waiting for each target (0: none waiting)",
+            ),
+            &["target"],
+        ) {
+            Ok(g) => g,
+            Err(e) => unreachable!("gauge is well-formed: {e}"),
+        };
+        let _ = r.register(Box::new(outbox_oldest.clone()));
         Metrics {
+            outbox_entries: gauge(
+                &r,
+                "scimgate_outbox_entries",
+                "Outbox rows by target and status (pending, running, dead)",
+                &["target", "status"],
+            ),
+            outbox_oldest,
+            deliveries: counter(
+                &r,
+                "scimgate_outbox_deliveries_total",
+                "Finished delivery attempts by target and outcome (done, retry, dead, superseded)",
+                &["target", "outcome"],
+            ),
+            delivery_duration,
+            target_up: gauge(
+                &r,
+                "scimgate_target_up",
+                "1 while a target's circuit is closed, 0 while it is open",
+                &["target"],
+            ),
+            alerts: counter(
+                &r,
+                "scimgate_alerts_total",
+                "Alert webhook calls by kind and result",
+                &["kind", "result"],
+            ),
             http_requests: counter(
                 &r,
                 "scimgate_http_requests_total",

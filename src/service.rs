@@ -19,6 +19,7 @@ use scimgate_scim::project::{Projection, render};
 use scimgate_scim::resource::{Mode, check_immutable, normalize};
 use scimgate_scim::schema::{Registry, ResourceKind, Target};
 use scimgate_scim::{ProtocolError, urn};
+use scimgate_adapter_sdk::Secret;
 use scimgate_store::{AuditEntry, Backend, Effects, Query, Start, StoreError, Stored, Write};
 
 use crate::config::{ScimConfig, Tenant};
@@ -63,6 +64,10 @@ pub struct ScimService {
     pub engine: Option<Arc<Engine>>,
     pub limits: Limits,
     pub cursor_key: CursorKey,
+    /// Seals passwords into outbox rows; `None`: passwords are not forwarded downstream.
+    pub sealer: Option<crate::outbox::seal::Sealer>,
+    /// Wakes the outbox workers after a change commits.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// Who is asking, and the absolute URL of their SCIM base for meta.location.
@@ -211,18 +216,34 @@ impl ScimService {
             .ok_or_else(|| ApiError::NotFound(format!("{} {id} not found", kind.as_str())))
     }
 
-    /// Take `password` out of a user document and hash it (argon2id, off the async threads).
+    /// Seal a password into the outbox rows of these effects (each row bound to its own id), so it reaches the
+    /// targets that take passwords. Without an outbox key the password is kept only as the local hash.
+    fn seal_secrets(&self, tenant: &str, mut effects: Vec<Effects>, password: Option<&Secret>) -> Vec<Effects> {
+        let (Some(pw), Some(sealer)) = (password, &self.sealer) else {
+            return effects;
+        };
+        for row in effects.iter_mut().flat_map(|e| e.outbox.iter_mut()) {
+            if row.operation == "apply" {
+                row.secret = Some(sealer.seal(tenant, &row.id, pw.expose()));
+            }
+        }
+        effects
+    }
+
+    /// Take `password` out of a user document and hash it (argon2id, off the async threads). The plain text is
+    /// kept, in a [`Secret`], for the outbox.
     async fn take_password(
         &self,
         kind: ResourceKind,
         doc: &mut Map<String, Value>,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<(String, Secret)>, ApiError> {
         if kind != ResourceKind::User {
             return Ok(None);
         }
         let Some(Value::String(pw)) = doc.remove("password") else {
             return Ok(None);
         };
+        let secret = Secret::new(pw.clone());
         let hash = tokio::task::spawn_blocking(move || {
             use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
             let salt = SaltString::generate(&mut OsRng);
@@ -233,7 +254,7 @@ impl ScimService {
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
-        Ok(Some(hash))
+        Ok(Some((hash, secret)))
     }
 
     #[tracing::instrument(name = "scim.create", skip_all, fields(tenant = %cx.tenant.id))]
@@ -258,7 +279,8 @@ impl ScimService {
             }
         }
         let mut doc = normalize(&self.reg, kind, body, Mode::Create)?;
-        let password_hash = self.take_password(kind, &mut doc).await?;
+        let password = self.take_password(kind, &mut doc).await?;
+        let password_hash = password.as_ref().map(|(h, _)| h.clone());
         let tenant = &cx.tenant.id;
         let attrs = attribute_names(&doc);
         if kind == ResourceKind::User {
@@ -273,6 +295,7 @@ impl ScimService {
                     .await?
                     .map(|d| vec![d.effects])
                     .unwrap_or_default();
+                let effects = self.seal_secrets(&cx.tenant.id, effects, password.as_ref().map(|(_, p)| p));
                 let audit = vec![request_audit(cx, "rehire", kind, &old.id, attrs.clone())];
                 let w = Write {
                     doc: doc.clone(),
@@ -302,6 +325,7 @@ impl ScimService {
                         groups: &[],
                         archived: false,
                         fresh: true,
+                        changed: true,
                     },
                     "create",
                 )
@@ -316,6 +340,7 @@ impl ScimService {
             }
         }
         .unwrap_or_default();
+        let effects = self.seal_secrets(&cx.tenant.id, effects, password.as_ref().map(|(_, p)| p));
         let audit = vec![request_audit(cx, "create", kind, &id, attrs)];
         let w = Write {
             doc,
@@ -393,7 +418,8 @@ impl ScimService {
             };
         }
         let mut doc = normalize(&self.reg, kind, body, Mode::Replace)?;
-        let password_hash = self.take_password(kind, &mut doc).await?;
+        let password = self.take_password(kind, &mut doc).await?;
+        let password_hash = password.as_ref().map(|(h, _)| h.clone());
         for _ in 0..MAX_CAS_RETRIES {
             let current = self.load(cx, kind, id).await?;
             Self::check_if_match(pre, current.version)?;
@@ -405,6 +431,7 @@ impl ScimService {
             let effects = self
                 .change_effects(cx, kind, id, &current, &doc, doc_changed, &member_ops)
                 .await?;
+            let effects = self.seal_secrets(&cx.tenant.id, effects, password.as_ref().map(|(_, p)| p));
             let audit = vec![request_audit(
                 cx,
                 "replace",
@@ -455,7 +482,8 @@ impl ScimService {
             patch::apply(&self.reg, kind, id, &mut doc, &ops)?;
             let mut doc = normalize(&self.reg, kind, Value::Object(doc), Mode::Replace)?;
             check_immutable(&self.reg, kind, &current.doc, &doc)?;
-            let password_hash = self.take_password(kind, &mut doc).await?;
+            let password = self.take_password(kind, &mut doc).await?;
+        let password_hash = password.as_ref().map(|(h, _)| h.clone());
             let member_ops = self.resolve_member_filters(cx, id, &member_ops).await?;
             let doc_changed = doc != current.doc || password_hash.is_some();
             if !doc_changed && member_ops.is_empty() {
@@ -464,6 +492,7 @@ impl ScimService {
             let effects = self
                 .change_effects(cx, kind, id, &current, &doc, doc_changed, &member_ops)
                 .await?;
+            let effects = self.seal_secrets(&cx.tenant.id, effects, password.as_ref().map(|(_, p)| p));
             let mut changed = changed_attributes(&current.doc, &doc);
             if !member_ops.is_empty() {
                 changed.push("members".into());
@@ -565,6 +594,7 @@ impl ScimService {
                             groups: &[],
                             archived: true,
                             fresh: false,
+                            changed: false,
                         },
                         "delete",
                     )
@@ -632,6 +662,7 @@ impl ScimService {
                         groups: &groups,
                         archived: false,
                         fresh: false,
+                        changed: true,
                     },
                     "update",
                 )

@@ -21,7 +21,13 @@ use scimgate_policy::{
     PolicyMode, Prior, SodException,
 };
 use scimgate_scim::resource::{format_datetime, parse_datetime};
-use scimgate_store::{ApprovalRecord, AuditEntry, Effects, ExceptionRecord, IdentityState, PlanRecord, StateWrite};
+use scimgate_adapter_sdk::DesiredAccount;
+use scimgate_policy::AccountState;
+use scimgate_store::{
+    ApprovalRecord, AuditEntry, Effects, ExceptionRecord, IdentityState, OutboxNew, PlanRecord, StateWrite,
+};
+
+use crate::outbox::{Payload, PayloadItem};
 
 use clock::Clock;
 
@@ -49,6 +55,9 @@ pub struct Subject<'a> {
     pub archived: bool,
     /// The userName of its manager (the approver principal of the manager stage).
     pub manager: Option<String>,
+    /// The document (or password) changed: accounts it already has are brought up to date even when no plan item
+    /// touches them.
+    pub changed: bool,
 }
 
 /// What happened to one plan item.
@@ -325,6 +334,11 @@ impl Engine {
                 tracing::warn!(tenant = s.tenant, identity = s.id, rule = %rule, entitlement = ?it.item.entitlement, "SoD refused a grant");
             }
         }
+        let outbox = if shadow {
+            vec![]
+        } else {
+            outbox_rows(&policy, s, &items, &new_current, plan.as_ref().map(|p| p.id.as_str()), cause)?
+        };
         let audit = (!items.is_empty() || !eval.sod.is_empty())
             .then(|| AuditEntry {
                 kind: "decision".into(),
@@ -357,6 +371,7 @@ impl Engine {
                 new_exceptions: vec![],
                 clear_exceptions: false,
                 audit,
+                outbox,
             },
             refused,
             items,
@@ -681,6 +696,86 @@ fn input<'a>(s: &'a Subject<'a>) -> IdentityInput<'a> {
         groups: s.groups,
         archived: s.archived,
     }
+}
+
+/// The outbox rows of one decision: per target, the accepted items and the account state they lead to, in plan
+/// order; plus, when the document changed, a refresh of every account no item touched.
+fn outbox_rows(
+    policy: &Policy,
+    s: &Subject<'_>,
+    items: &[RecordedItem],
+    after: &Current,
+    plan_id: Option<&str>,
+    cause: &str,
+) -> Result<Vec<OutboxNew>, EngineError> {
+    let mut order: Vec<&str> = Vec::new();
+    for it in items.iter().filter(|i| i.status == ItemStatus::Accepted) {
+        if !order.contains(&it.item.target.as_str()) {
+            order.push(&it.item.target);
+        }
+    }
+    if s.changed {
+        for (t, cur) in &after.targets {
+            if cur.account != AccountState::Absent && !order.contains(&t.as_str()) {
+                order.push(t);
+            }
+        }
+    }
+    let mut user = s.doc.clone();
+    user.insert("id".into(), Value::String(s.id.to_string()));
+    let mut rows = Vec::with_capacity(order.len());
+    for (n, target) in order.into_iter().enumerate() {
+        let mine: Vec<&PlanItem> = items
+            .iter()
+            .filter(|i| i.status == ItemStatus::Accepted && i.item.target == target)
+            .map(|i| &i.item)
+            .collect();
+        let value = |id: &str| policy.entitlement(id).map(|e| e.value.clone());
+        let cur = after.targets.get(target);
+        let account = cur.map(|c| c.account).unwrap_or_default();
+        let desired = DesiredAccount {
+            identity_id: s.id.to_string(),
+            user: user.clone(),
+            entitlements: cur
+                .map(|c| c.entitlements.iter().filter_map(|e| value(e)).collect())
+                .unwrap_or_default(),
+            managed: policy
+                .entitlements()
+                .filter(|e| e.target == target)
+                .map(|e| e.value.clone())
+                .collect(),
+            enabled: account == AccountState::Enabled,
+            password: None,
+        };
+        let payload = Payload {
+            cause: cause.to_string(),
+            items: mine
+                .iter()
+                .map(|i| PayloadItem {
+                    action: i.action,
+                    entitlement: i.entitlement.clone(),
+                    value: i.entitlement.as_deref().and_then(value),
+                })
+                .collect(),
+            desired,
+        };
+        rows.push(OutboxNew {
+            id: uuid::Uuid::now_v7().to_string(),
+            target: target.to_string(),
+            item_no: n as i64,
+            plan_id: plan_id.map(str::to_string),
+            operation: if account == AccountState::Absent {
+                "remove"
+            } else {
+                "apply"
+            }
+            .to_string(),
+            priority: i64::from(mine.iter().any(|i| i.action == scimgate_policy::Action::DisableAccount)),
+            payload: serde_json::to_string(&payload)?,
+            secret: None,
+        });
+    }
+    Ok(rows)
 }
 
 fn current_of(prior: Option<&IdentityState>) -> Result<Current, EngineError> {

@@ -41,6 +41,10 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
         ("/admin/v1/tenants/{tenant}/identities/{id}", get(identity)),
         ("/admin/v1/tenants/{tenant}/plans", get(plans)),
         ("/admin/v1/tenants/{tenant}/sod/exceptions", get(exceptions)),
+        ("/admin/v1/tenants/{tenant}/outbox", get(outbox_list)),
+        ("/admin/v1/tenants/{tenant}/outbox/{id}", get(outbox_get)),
+        ("/admin/v1/tenants/{tenant}/outbox/{id}/replay", post(outbox_replay)),
+        ("/admin/v1/targets", get(targets)),
     ]
 }
 
@@ -273,6 +277,7 @@ pub async fn preview(
                 groups,
                 archived: row.archived,
                 manager: None,
+                changed: false,
             };
             let plan = Engine::preview(policy, &subject, row.state.as_ref(), &exceptions, now).map_err(engine_err)?;
             if plan.items.is_empty() {
@@ -513,6 +518,87 @@ async fn plans(
         StatusCode::OK,
         &json!({"plans": plans.iter().map(plan_json).collect::<Vec<_>>()}),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxQuery {
+    /// pending, running, done, dead, superseded (default: every status).
+    status: Option<String>,
+    target: Option<String>,
+    identity: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Outbox rows (dead letters with `?status=dead`), oldest first.
+async fn outbox_list(
+    State(st): State<Arc<AppState>>,
+    admin: Admin,
+    ScimPath(t): ScimPath<String>,
+    ScimQuery(q): ScimQuery<OutboxQuery>,
+) -> Result<Response, ApiError> {
+    admin.require(OVERSEERS)?;
+    tenant(&st, &t)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = crate::outbox::ops::list(st.service.store.as_ref(), &t, q.status, q.target, q.identity, limit).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"entries": rows.iter().map(|r| crate::outbox::ops::to_json(r, false)).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn outbox_get(
+    State(st): State<Arc<AppState>>,
+    admin: Admin,
+    ScimPath((t, id)): ScimPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin.require(OVERSEERS)?;
+    tenant(&st, &t)?;
+    let row = st
+        .service
+        .store
+        .outbox_get(&t, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("outbox row {id} not found")))?;
+    Ok(json_response(StatusCode::OK, &crate::outbox::ops::to_json(&row, true)))
+}
+
+/// Put a dead letter back in the queue. Operators only; audited with the operator's name.
+async fn outbox_replay(
+    State(st): State<Arc<AppState>>,
+    admin: Admin,
+    ScimPath((t, id)): ScimPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin.require(&[AdminRole::Operator])?;
+    tenant(&st, &t)?;
+    let actor = format!("admin:{}", admin.0.name);
+    if !crate::outbox::ops::replay(st.service.store.as_ref(), &t, &id, &actor).await? {
+        return Err(match st.service.store.outbox_get(&t, &id).await? {
+            Some(r) => ApiError::Protocol(scimgate_scim::ProtocolError::Conflict(format!(
+                "outbox row {id} is {}, not a dead letter",
+                r.status
+            ))),
+            None => ApiError::NotFound(format!("outbox row {id} not found")),
+        });
+    }
+    st.outbox.wake();
+    tracing::info!(tenant = %t, id = %id, actor = %actor, "dead letter replayed");
+    let row = st.service.store.outbox_get(&t, &id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &row.map(|r| crate::outbox::ops::to_json(&r, false)).unwrap_or(Value::Null),
+    ))
+}
+
+/// The configured targets, their kinds and whether their circuit is closed.
+async fn targets(State(st): State<Arc<AppState>>, admin: Admin) -> Result<Response, ApiError> {
+    admin.require(OVERSEERS)?;
+    let list: Vec<Value> = st
+        .outbox
+        .targets()
+        .map(|t| json!({"id": t.id, "kind": t.adapter.kind(), "up": t.is_up(), "capabilities": t.adapter.capabilities()}))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"targets": list})))
 }
 
 async fn exceptions(

@@ -36,6 +36,8 @@ pub const SCIM_JSON: &str = "application/scim+json";
 /// Shared state: the service and the HTTP limits.
 pub struct AppState {
     pub service: ScimService,
+    /// The outbox workers and the configured targets (workers run only under `scimgate serve`).
+    pub outbox: Arc<crate::outbox::Outbox>,
     pub tenants: Vec<Arc<Tenant>>,
     pub admins: Vec<crate::config::AdminUser>,
     /// Authentication and rate limits, per tenant id.
@@ -183,8 +185,13 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         .map_or("-", |t| t.id.as_str())
         .to_string();
     let started = std::time::Instant::now();
+    let writes = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
     let resp = next.run(req).await;
     let status = resp.status();
+    if writes && status.is_success() {
+        // A committed change may have queued downstream work.
+        state.outbox.wake();
+    }
     let labels = [route.as_str(), method.as_str(), status.as_str(), tenant.as_str()];
     crate::metrics::METRICS.http_requests.with_label_values(&labels).inc();
     crate::metrics::METRICS
@@ -212,9 +219,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         let p = e.policy();
         serde_json::json!({"hash": p.hash(), "last_reload_error": e.last_error()})
     });
+    // A target that is down does not make the gateway unready: its work waits, durable, in the outbox.
+    let targets: serde_json::Map<String, serde_json::Value> = state
+        .outbox
+        .targets()
+        .map(|t| (t.id.clone(), serde_json::json!(if t.is_up() { "up" } else { "down" })))
+        .collect();
     let body = serde_json::json!({
         "store": if store.is_ok() { "ok" } else { "unreachable" },
         "policy": policy,
+        "targets": targets,
     });
     let status = match store {
         Ok(()) => StatusCode::OK,

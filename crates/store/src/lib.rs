@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod lifecycle;
 mod lower;
+pub mod outbox;
 pub mod sql;
 
 use async_trait::async_trait;
@@ -19,6 +20,7 @@ use scimgate_scim::schema::{Registry, ResourceKind};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditStore, VerifyReport};
 pub use lifecycle::{ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord, StateWrite};
+pub use outbox::{OutboxEntry, OutboxFilter, OutboxNew, OutboxStore, Outcome};
 pub use sql::SqlStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -190,8 +192,8 @@ pub struct IdentityRow {
 }
 
 /// Everything the gateway needs of a store.
-pub trait Backend: Store + LifecycleStore + AuditStore {}
-impl<T: Store + LifecycleStore + AuditStore> Backend for T {}
+pub trait Backend: Store + LifecycleStore + AuditStore + OutboxStore {}
+impl<T: Store + LifecycleStore + AuditStore + OutboxStore> Backend for T {}
 
 /// Indexed columns extracted from a canonical document.
 pub(crate) fn str_at<'d>(doc: &'d Map<String, Value>, key: &str) -> Option<&'d str> {

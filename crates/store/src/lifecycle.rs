@@ -92,6 +92,8 @@ pub struct Effects {
     pub clear_exceptions: bool,
     /// Audit records of these effects (decisions, approvals).
     pub audit: Vec<crate::audit::AuditEntry>,
+    /// Downstream work for the outbox. Needs `state`: its version orders the rows within the identity.
+    pub outbox: Vec<crate::outbox::OutboxNew>,
 }
 
 /// Every audit entry of a change: the request's, then each identity's effects'.
@@ -148,6 +150,21 @@ pub(crate) async fn apply(
             if done.rows_affected() == 0 {
                 return Err(StoreError::StateConflict);
             }
+        }
+        if !e.outbox.is_empty() {
+            let seq = match &e.state {
+                Some(StateWrite {
+                    expect_version: Some(v),
+                    ..
+                }) => v + 1,
+                Some(_) => 1,
+                None => {
+                    return Err(StoreError::Corrupt(
+                        "outbox rows without an identity-state write cannot be ordered".into(),
+                    ));
+                }
+            };
+            crate::outbox::insert(tx, tenant, &e.identity_id, seq, now, &e.outbox).await?;
         }
         if let Some(p) = &e.plan {
             sqlx::query(

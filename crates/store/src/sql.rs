@@ -1092,4 +1092,8 @@ impl SqlStore {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
 }
