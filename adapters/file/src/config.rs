@@ -130,7 +130,9 @@ pub enum LineEnding {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Destination {
     /// A directory on this machine (it must exist).
-    Local { dir: PathBuf },
+    Local {
+        dir: PathBuf,
+    },
     Sftp(SftpConfig),
 }
 

@@ -6,8 +6,8 @@
 //! - a host key that is not the pinned one: `Config`, not retried (an operator must check and re-pin);
 //! - data the file cannot hold (a missing required value, an unmappable character): `Rejected`.
 
-use scimgate_adapter_sdk::{AdapterError, ErrorKind};
 use russh_sftp::protocol::StatusCode;
+use scimgate_adapter_sdk::{AdapterError, ErrorKind};
 
 pub(crate) fn io(what: &str, e: &std::io::Error) -> AdapterError {
     match e.kind() {

@@ -80,7 +80,13 @@ impl Dialect {
             ))),
             Unmappable::Replace => Ok(v
                 .chars()
-                .map(|ch| if representable(ch.encode_utf8(&mut [0; 4])) { ch } else { '?' })
+                .map(|ch| {
+                    if representable(ch.encode_utf8(&mut [0; 4])) {
+                        ch
+                    } else {
+                        '?'
+                    }
+                })
                 .collect()),
         }
     }
@@ -128,7 +134,9 @@ impl Dialect {
                 let (bytes, _, errors) = encoding_rs::WINDOWS_1252.encode(text);
                 if errors {
                     // Cells were checked one by one; a header (column names) is the only other text.
-                    return Err(AdapterError::config("a column name holds a character windows-1252 cannot represent"));
+                    return Err(AdapterError::config(
+                        "a column name holds a character windows-1252 cannot represent",
+                    ));
                 }
                 Ok(bytes.into_owned())
             }
@@ -144,7 +152,10 @@ impl Dialect {
                     .map_err(|_| AdapterError::config("the population file is not valid UTF-8"))?
                     .to_string()
             }
-            Encoding::Windows1252 => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
+            Encoding::Windows1252 => encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(bytes)
+                .0
+                .into_owned(),
         };
         let mut r = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -204,9 +215,14 @@ mod tests {
     fn a_cell_round_trips_with_quotes_delimiters_and_newlines() {
         let d = dialect("delimiter = \";\"\nquote_style = \"always\"\nline_ending = \"crlf\"");
         let row = vec!["a,b=c*(\\)+\"<>;'#".to_string(), "x\ny".to_string()];
-        let bytes = d.write(Some(&["h1".into(), "h2".into()]), std::slice::from_ref(&row)).expect("write");
+        let bytes = d
+            .write(Some(&["h1".into(), "h2".into()]), std::slice::from_ref(&row))
+            .expect("write");
         assert!(bytes.starts_with(b"\"h1\";\"h2\"\r\n"));
-        assert_eq!(d.read(&bytes).expect("read"), vec![vec!["h1".to_string(), "h2".to_string()], row]);
+        assert_eq!(
+            d.read(&bytes).expect("read"),
+            vec![vec!["h1".to_string(), "h2".to_string()], row]
+        );
     }
 
     #[test]

@@ -35,9 +35,9 @@ use scimgate_adapter_sdk::{
 use tokio::sync::Mutex;
 
 pub use config::Config;
-pub use format::{neutralise, unneutralise};
 use config::{Destination, Mode};
 use format::Dialect;
+pub use format::{neutralise, unneutralise};
 use names::NameTemplate;
 use store::Store;
 
@@ -91,7 +91,9 @@ pub struct FileAdapter {
 
 impl std::fmt::Debug for FileAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileAdapter").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("FileAdapter")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,7 +107,10 @@ impl FileAdapter {
         let mut seen = BTreeSet::new();
         for c in &cfg.columns {
             if c.name.is_empty() || !seen.insert(c.name.to_lowercase()) {
-                return Err(AdapterError::config(format!("column name {:?} is empty or repeated", c.name)));
+                return Err(AdapterError::config(format!(
+                    "column name {:?} is empty or repeated",
+                    c.name
+                )));
             }
             let source = match c.source.as_str() {
                 "$enabled" => Source::Enabled,
@@ -118,9 +123,7 @@ impl FileAdapter {
                         c.name
                     )));
                 }
-                s => Source::Attr(
-                    Path::parse(s).map_err(|e| AdapterError::config(format!("column {}: {e}", c.name)))?,
-                ),
+                s => Source::Attr(Path::parse(s).map_err(|e| AdapterError::config(format!("column {}: {e}", c.name)))?),
             };
             cols.push(Col {
                 name: c.name.clone(),
@@ -130,7 +133,9 @@ impl FileAdapter {
         }
         for special in ["$enabled", "$entitlements"] {
             if cfg.columns.iter().filter(|c| c.source == special).count() > 1 {
-                return Err(AdapterError::config(format!("only one column may have source {special}")));
+                return Err(AdapterError::config(format!(
+                    "only one column may have source {special}"
+                )));
             }
         }
         let key = cols
@@ -153,6 +158,11 @@ impl FileAdapter {
         if cfg.mode == Mode::Delta && !template.is_unique() {
             return Err(AdapterError::config(
                 "in delta mode file_name needs {timestamp}, {seq} or {uuid}, or each change overwrites the last",
+            ));
+        }
+        if cfg.mode == Mode::Delta && !cols.iter().any(|c| matches!(c.source, Source::Action)) {
+            return Err(AdapterError::config(
+                "delta mode needs a column with source $action, or a delete cannot be told from an update",
             ));
         }
         if cfg.mode == Mode::Snapshot && cfg.schedule_seconds == 0 {
@@ -248,7 +258,10 @@ impl FileAdapter {
             return Err(AdapterError::config("key_column must read a SCIM attribute"));
         };
         p.text(&desired.user).filter(|v| !v.is_empty()).ok_or_else(|| {
-            AdapterError::rejected(format!("the user has no value for the key column {}", self.cols[self.key].name))
+            AdapterError::rejected(format!(
+                "the user has no value for the key column {}",
+                self.cols[self.key].name
+            ))
         })
     }
 
@@ -283,9 +296,12 @@ impl FileAdapter {
         for c in &self.cols {
             let value = match &c.source {
                 Source::Attr(p) => p.text(&d.user).unwrap_or_default(),
-                Source::Enabled => {
-                    if d.enabled { &self.cfg.enabled_value } else { &self.cfg.disabled_value }.clone()
+                Source::Enabled => if d.enabled {
+                    &self.cfg.enabled_value
+                } else {
+                    &self.cfg.disabled_value
                 }
+                .clone(),
                 Source::Entitlements => {
                     if let Some(bad) = d.entitlements.iter().find(|e| e.is_empty() || e.contains(sep)) {
                         return Err(AdapterError::rejected(format!(
@@ -300,7 +316,10 @@ impl FileAdapter {
                 Source::IdentityId => d.identity_id.clone(),
             };
             if c.required && value.is_empty() {
-                return Err(AdapterError::rejected(format!("the user has no value for column {}", c.name)));
+                return Err(AdapterError::rejected(format!(
+                    "the user has no value for column {}",
+                    c.name
+                )));
             }
             row.push(self.dialect.cell(&c.name, &value)?);
         }
@@ -363,9 +382,15 @@ impl Adapter for FileAdapter {
         let key = self.key_of(desired)?;
         let mut seq = self.writer.lock().await;
         let mut rows = self.load().await?;
-        let at = self.find(&rows, &key).or_else(|| known.and_then(|k| self.find(&rows, &k.primary)));
+        let at = self
+            .find(&rows, &key)
+            .or_else(|| known.and_then(|k| self.find(&rows, &k.primary)));
         let held = at.map(|i| self.held(&rows[i])).unwrap_or_default();
-        let action = if desired.enabled { Action::Upsert } else { Action::Disable };
+        let action = if desired.enabled {
+            Action::Upsert
+        } else {
+            Action::Disable
+        };
         let row = self.build(desired, &held, action)?;
         if at.is_some_and(|i| rows[i] == row) {
             return Ok(AccountId::new(key));

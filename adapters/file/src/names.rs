@@ -39,7 +39,10 @@ pub fn inside(dir: &Path, name: &str) -> Result<PathBuf, AdapterError> {
     check(name)?;
     let p = dir.join(name);
     if p.parent() != Some(dir) || p.file_name().and_then(|n| n.to_str()) != Some(name) {
-        return Err(AdapterError::config(format!("file name {name:?} leaves {}", dir.display())));
+        return Err(AdapterError::config(format!(
+            "file name {name:?} leaves {}",
+            dir.display()
+        )));
     }
     Ok(p)
 }
@@ -134,7 +137,9 @@ mod tests {
 
     #[test]
     fn traversal_and_absolute_names_are_refused() {
-        for bad in ["../x.csv", "/etc/x", "a/b.csv", "..", ".", "a\\b.csv", "x\0.csv", "", ".hidden", "c:x", "a..b"] {
+        for bad in [
+            "../x.csv", "/etc/x", "a/b.csv", "..", ".", "a\\b.csv", "x\0.csv", "", ".hidden", "c:x", "a..b",
+        ] {
             assert!(check(bad).is_err(), "{bad:?} accepted");
             assert!(NameTemplate::parse(bad).is_err(), "template {bad:?} accepted");
         }

@@ -39,19 +39,19 @@ impl Pin {
             words.remove(0);
         }
         let line = words.join(" ");
-        PublicKey::from_openssh(&line).map(|k| Pin::Key(Box::new(k))).map_err(|e| {
-            AdapterError::config(format!(
-                "host_key is neither an OpenSSH public key line nor a SHA256: fingerprint: {e}"
-            ))
-        })
+        PublicKey::from_openssh(&line)
+            .map(|k| Pin::Key(Box::new(k)))
+            .map_err(|e| {
+                AdapterError::config(format!(
+                    "host_key is neither an OpenSSH public key line nor a SHA256: fingerprint: {e}"
+                ))
+            })
     }
 
     fn matches(&self, key: &PublicKey) -> bool {
         match self {
             Pin::Key(k) => k.key_data() == key.key_data(),
-            Pin::Fingerprint(f) => {
-                key.fingerprint(HashAlg::Sha256).to_string().trim_end_matches('=') == f.as_str()
-            }
+            Pin::Fingerprint(f) => key.fingerprint(HashAlg::Sha256).to_string().trim_end_matches('=') == f.as_str(),
         }
     }
 }
@@ -78,7 +78,7 @@ impl client::Handler for Client {
 
 struct Conn {
     // Kept alive: dropping the handle ends the SSH session.
-    _handle: client::Handle<Client>,
+    handle: client::Handle<Client>,
     raw: RawSftpSession,
     posix_rename: bool,
 }
@@ -136,7 +136,9 @@ impl Sftp {
             (None, None) => None,
         };
         if key.is_none() && password.is_none() {
-            return Err(AdapterError::config("sftp needs private_key_file, password or password_file"));
+            return Err(AdapterError::config(
+                "sftp needs private_key_file, password or password_file",
+            ));
         }
         if cfg.connect_timeout_seconds == 0 || cfg.request_timeout_seconds == 0 {
             return Err(AdapterError::config("sftp timeouts must be at least one second"));
@@ -196,9 +198,9 @@ impl Sftp {
             raw.set_timeout(c.request_timeout_seconds);
             let version = raw.init().await.map_err(|e| error::sftp(&what, &e))?;
             let posix_rename = version.extensions.get(POSIX_RENAME).is_some_and(|v| v == "1");
-            eprintln!("DEBUGPR {posix_rename} {:?}", version.extensions);
+            tracing::debug!(target: "scimgate::adapter::file", host = %c.host, port = c.port, posix_rename, "sftp session opened");
             Ok(Conn {
-                _handle: h,
+                handle: h,
                 raw,
                 posix_rename,
             })
@@ -214,11 +216,12 @@ impl Sftp {
 
     /// Run `op` on the cached session (connecting first if needed). A failure that may be the session's drops
     /// it, so the next call connects afresh.
-    async fn with<T>(
-        &self,
-        op: impl AsyncFnOnce(&Conn) -> Result<T, AdapterError>,
-    ) -> Result<T, AdapterError> {
+    async fn with<T>(&self, op: impl AsyncFnOnce(&Conn) -> Result<T, AdapterError>) -> Result<T, AdapterError> {
         let mut guard = self.conn.lock().await;
+        // A session closed by either side (idle timeout, server restart) is replaced before use.
+        if guard.as_ref().is_some_and(|c| c.handle.is_closed()) {
+            *guard = None;
+        }
         if guard.is_none() {
             *guard = Some(self.connect().await?);
         }
@@ -282,7 +285,9 @@ impl Sftp {
         let tmp_path = format!("{}/{tmp}", self.cfg.dir.trim_end_matches('/'));
         self.with(async |c: &Conn| {
             let what = format!("sftp write {path}");
-            let r = Self::put(c, &tmp_path, &path, bytes).await.map_err(|e| error::sftp(&what, &e));
+            let r = Self::put(c, &tmp_path, &path, bytes)
+                .await
+                .map_err(|e| error::sftp(&what, &e));
             if r.is_err() {
                 let _ = c.raw.remove(tmp_path.clone()).await;
             }
@@ -293,7 +298,11 @@ impl Sftp {
 
     async fn put(c: &Conn, tmp_path: &str, path: &str, bytes: &[u8]) -> Result<(), SftpError> {
         let flags = OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE;
-        let handle = c.raw.open(tmp_path.to_string(), flags, FileAttributes::empty()).await?.handle;
+        let handle = c
+            .raw
+            .open(tmp_path.to_string(), flags, FileAttributes::empty())
+            .await?
+            .handle;
         let mut written = Ok(());
         for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
             if let Err(e) = c.raw.write(handle.clone(), (i * CHUNK) as u64, chunk.to_vec()).await {
@@ -342,8 +351,7 @@ impl Sftp {
 mod tests {
     use super::*;
 
-    const LINE: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl host";
+    const LINE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl host";
 
     #[test]
     fn pins_parse_from_lines_known_hosts_and_fingerprints() {

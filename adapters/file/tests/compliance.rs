@@ -29,8 +29,11 @@ fn config(extra: &str, destination: &str) -> Config {
 }
 
 fn local(dir: &Path, extra: &str) -> FileAdapter {
-    FileAdapter::new(config(extra, &format!("type = \"local\"\ndir = {:?}", dir.display().to_string())))
-        .expect("adapter")
+    FileAdapter::new(config(
+        extra,
+        &format!("type = \"local\"\ndir = {:?}", dir.display().to_string()),
+    ))
+    .expect("adapter")
 }
 
 fn sftp_dest(s: &Sshd, auth: &str, host_key: &str) -> String {
@@ -119,10 +122,11 @@ async fn compliance_over_sftp_and_no_temp_files_left() {
     assert!(names.contains(&"users.csv".to_string()), "{names:?}");
     no_temp_files(&names);
     // The kit's nasty userName went through quoting both ways: its delta files hold it verbatim.
-    let nasty_seen = names
-        .iter()
-        .filter(|n| n.starts_with("users-"))
-        .any(|n| parse(&s.sftp_get(&remote(&s, n))).iter().any(|r| r[1].ends_with("a,b=c*(\\)+\"<>;'#")));
+    let nasty_seen = names.iter().filter(|n| n.starts_with("users-")).any(|n| {
+        parse(&s.sftp_get(&remote(&s, n)))
+            .iter()
+            .any(|r| r[1].ends_with("a,b=c*(\\)+\"<>;'#"))
+    });
     assert!(nasty_seen, "no delta file holds the special-character userName");
 }
 
@@ -151,12 +155,38 @@ async fn joiner_lands_as_a_row_and_leaver_shows_up_over_sftp() {
     let deltas: Vec<&String> = names.iter().filter(|n| n.starts_with("users-")).collect();
     assert_eq!(deltas.len(), 1, "one delta per change: {names:?}");
     let d = &deltas[0];
-    assert!(d.ends_with(".csv") && d.len() == "users-20240131T235959123Z-000001.csv".len(), "{d}");
+    assert!(
+        d.ends_with(".csv") && d.len() == "users-20240131T235959123Z-000001.csv".len(),
+        "{d}"
+    );
     let delta = parse(&s.sftp_get(&remote(&s, d)));
-    assert_eq!(delta[0], ["id", "userName", "givenName", "familyName", "email", "enabled", "groups", "action", "identity"]);
+    assert_eq!(
+        delta[0],
+        [
+            "id",
+            "userName",
+            "givenName",
+            "familyName",
+            "email",
+            "enabled",
+            "groups",
+            "action",
+            "identity"
+        ]
+    );
     assert_eq!(
         delta[1],
-        ["j1", "jane.joiner", "Jane", "Joiner", "j1@example.test", "true", "grp-a", "upsert", "ident-j1"]
+        [
+            "j1",
+            "jane.joiner",
+            "Jane",
+            "Joiner",
+            "j1@example.test",
+            "true",
+            "grp-a",
+            "upsert",
+            "ident-j1"
+        ]
     );
     let population = parse(&s.sftp_get(&remote(&s, "users.csv")));
     assert_eq!(population[1], delta[1]);
@@ -199,7 +229,10 @@ async fn formula_cells_are_neutralised_in_the_delivered_file() {
     let rows = parse(&raw);
     for row in &rows[1..] {
         for cell in row {
-            assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']), "formula cell {cell:?} in {row:?}");
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "formula cell {cell:?} in {row:?}"
+            );
         }
     }
     let f1 = rows.iter().find(|r| r[0] == "f1").expect("f1");
@@ -221,7 +254,15 @@ async fn formula_cells_are_neutralised_in_the_delivered_file() {
 fn path_traversal_in_file_names_is_refused_at_construction() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = format!("type = \"local\"\ndir = {:?}", dir.path().display().to_string());
-    for bad in ["../x.csv", "/etc/x", "a/b.csv", "..\\x.csv", "{timestamp}/../../x", ".hidden-{seq}", "x\u{0}{seq}"] {
+    for bad in [
+        "../x.csv",
+        "/etc/x",
+        "a/b.csv",
+        "..\\x.csv",
+        "{timestamp}/../../x",
+        ".hidden-{seq}",
+        "x\u{0}{seq}",
+    ] {
         for key in ["file_name", "state_file"] {
             let c = config(&format!("{key} = {}", toml::Value::String(bad.to_string())), &dest);
             let e = FileAdapter::new(c).expect_err(&format!("{key} {bad:?} accepted"));
@@ -239,15 +280,24 @@ fn path_traversal_in_file_names_is_refused_at_construction() {
 async fn an_unknown_host_key_is_refused() {
     let s = Sshd::start();
     let other = foreign_host_key();
-    for pin in [other.clone(), "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".to_string()] {
+    for pin in [
+        other.clone(),
+        "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".to_string(),
+    ] {
         let a = FileAdapter::new(config("", &sftp_dest(&s, &key_auth(&s), &pin))).expect("adapter");
         let e = a.health().await.expect_err("connected to an unpinned host");
         assert_eq!(e.kind, ErrorKind::Config, "{e}");
         assert!(!e.retriable);
-        let e = a.apply(None, &person("h1", "h", "H", "H", true)).await.expect_err("applied");
+        let e = a
+            .apply(None, &person("h1", "h", "H", "H", true))
+            .await
+            .expect_err("applied");
         assert_eq!(e.kind, ErrorKind::Config, "{e}");
     }
-    assert!(s.sftp_ls(&s.upload_dir.display().to_string()).is_empty(), "nothing was written");
+    assert!(
+        s.sftp_ls(&s.upload_dir.display().to_string()).is_empty(),
+        "nothing was written"
+    );
     // The real key pinned by its fingerprint connects.
     let a = FileAdapter::new(config("", &sftp_dest(&s, &key_auth(&s), &s.host_key_fingerprint))).expect("adapter");
     a.health().await.expect("fingerprint pin");
@@ -261,12 +311,17 @@ async fn password_authentication_and_a_wrong_password() {
     let auth = format!("password_file = {:?}", pw_file.display().to_string());
     let a = FileAdapter::new(config("", &sftp_dest(&s, &auth, &s.host_public_key))).expect("adapter");
     a.health().await.expect("password login");
-    a.apply(None, &person("p1", "pat", "Pat", "Password", true)).await.expect("apply");
+    a.apply(None, &person("p1", "pat", "Pat", "Password", true))
+        .await
+        .expect("apply");
     let rows = parse(&s.sftp_get(&remote(&s, "users.csv")));
     assert_eq!(rows[1][1], "pat");
 
-    let a = FileAdapter::new(config("", &sftp_dest(&s, "password = \"wrong-password\"", &s.host_public_key)))
-        .expect("adapter");
+    let a = FileAdapter::new(config(
+        "",
+        &sftp_dest(&s, "password = \"wrong-password\"", &s.host_public_key),
+    ))
+    .expect("adapter");
     let e = a.health().await.expect_err("wrong password accepted");
     assert_eq!(e.kind, ErrorKind::Unauthorized, "{e}");
     assert!(!e.retriable);
@@ -276,12 +331,21 @@ async fn password_authentication_and_a_wrong_password() {
 #[tokio::test]
 async fn latin1_files_hold_windows_1252_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = local(dir.path(), "encoding = \"latin1\"\ndelimiter = \";\"\nline_ending = \"crlf\"");
-    a.apply(None, &person("l1", "zoe", "Zoë", "Müller €", true)).await.expect("apply");
+    let a = local(
+        dir.path(),
+        "encoding = \"latin1\"\ndelimiter = \";\"\nline_ending = \"crlf\"",
+    );
+    a.apply(None, &person("l1", "zoe", "Zoë", "Müller €", true))
+        .await
+        .expect("apply");
     let bytes = std::fs::read(dir.path().join("users.csv")).expect("read");
     let want: &[u8] = b"l1;zoe;Zo\xEB;M\xFCller \x80;l1@example.test;true;grp-a;upsert;ident-l1\r\n";
     assert!(bytes.ends_with(want), "{bytes:?}");
-    let acc = a.get(None, &person("l1", "zoe", "", "", true)).await.expect("get").expect("row");
+    let acc = a
+        .get(None, &person("l1", "zoe", "", "", true))
+        .await
+        .expect("get")
+        .expect("row");
     assert_eq!(acc.attr("familyName"), Some("Müller €"));
     let e = a
         .apply(None, &person("l2", "lukasz", "Łukasz", "Nowak", true))
@@ -294,10 +358,17 @@ async fn latin1_files_hold_windows_1252_bytes() {
 #[tokio::test]
 async fn snapshot_mode_delivers_the_population_on_request() {
     let s = Sshd::start();
-    let a = sftp(&s, "mode = \"snapshot\"\nfile_name = \"export-{timestamp}.csv\"\nschedule_seconds = 60\nquote_style = \"always\"");
+    let a = sftp(
+        &s,
+        "mode = \"snapshot\"\nfile_name = \"export-{timestamp}.csv\"\nschedule_seconds = 60\nquote_style = \"always\"",
+    );
     assert_eq!(a.schedule(), Some(std::time::Duration::from_secs(60)));
-    a.apply(None, &person("s1", "sam", "Sam", "One", true)).await.expect("apply");
-    a.apply(None, &person("s2", "sue", "Sue", "Two", false)).await.expect("apply");
+    a.apply(None, &person("s1", "sam", "Sam", "One", true))
+        .await
+        .expect("apply");
+    a.apply(None, &person("s2", "sue", "Sue", "Two", false))
+        .await
+        .expect("apply");
     let dir = s.upload_dir.display().to_string();
     assert_eq!(s.sftp_ls(&dir), ["users.csv"], "snapshot mode writes no delta files");
     let name = a.write_snapshot().await.expect("snapshot");
@@ -312,4 +383,17 @@ async fn snapshot_mode_delivers_the_population_on_request() {
     assert_eq!(rows[2][5], "false");
     // A second snapshot replaces nothing: it is a new file, and the population is unchanged.
     assert_eq!(s.sftp_get(&remote(&s, "users.csv")), raw);
+}
+
+#[test]
+fn the_example_config_parses() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/targets/file-sftp.toml"
+    ))
+    .expect("example");
+    let v: toml::Value = toml::from_str(&text).expect("toml");
+    let file = v["targets"][0]["file"].clone();
+    let c: Config = file.try_into().expect("the example's [targets.file] is a valid Config");
+    assert_eq!(c.columns.len(), 9);
 }

@@ -118,7 +118,12 @@ fn machine_password() -> String {
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("sshd: cannot create {}: {e}", dir.display()));
     let fresh = format!("Sftp-{}", uuid::Uuid::new_v4().simple());
-    match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(mut f) => {
             f.write_all(fresh.as_bytes())
                 .unwrap_or_else(|e| panic!("sshd: cannot write {PASSWORD_FILE}: {e}"));
@@ -216,7 +221,13 @@ impl Sshd {
         let ssh_keygen = crate::require("ssh-keygen", "openssh-client");
         let fp = run(
             &ssh_keygen,
-            &["-l", "-E", "sha256", "-f", &host_key.with_extension("pub").display().to_string()],
+            &[
+                "-l",
+                "-E",
+                "sha256",
+                "-f",
+                &host_key.with_extension("pub").display().to_string(),
+            ],
             "ssh-keygen -l",
         );
         let host_key_fingerprint = fp
@@ -287,7 +298,10 @@ impl Sshd {
             if let Ok(Some(status)) = me.child.try_wait() {
                 panic!("sshd exited at start ({status}); its stderr is above");
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "sshd did not listen on {addr} in 10 s");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "sshd did not listen on {addr} in 10 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         me
