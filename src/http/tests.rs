@@ -43,15 +43,28 @@ async fn state() -> Arc<AppState> {
     )]
     .into_iter()
     .collect();
+    let store: Arc<dyn scimgate_store::Backend> = Arc::new(store);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let outbox = crate::outbox::Outbox::new(
+        store.clone(),
+        vec![],
+        &crate::config::OutboxConfig::default(),
+        wake.clone(),
+        None,
+        crate::outbox::alert::Alerter::none(),
+    );
     Arc::new(AppState {
         admins: vec![],
         guards,
+        outbox,
         service: ScimService {
             reg: Arc::new(reg),
-            store: Arc::new(store),
+            store,
             engine: None,
             limits: Limits::from(&crate::config::ScimConfig::default()),
             cursor_key: CursorKey::new([1; 32]),
+            sealer: None,
+            wake,
         },
         tenants: vec![tenant],
         max_body_bytes: 64 * 1024,

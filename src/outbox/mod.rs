@@ -517,3 +517,6 @@ fn delivery_audit(e: &OutboxEntry, outcome: &Outcome, error_kind: Option<ErrorKi
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;
