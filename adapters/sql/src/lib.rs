@@ -33,6 +33,9 @@ use config::{GroupRef, UserRef};
 use schema::Spec;
 use sql::{Col, Dialect, Ident, Sql};
 
+/// The [`AccountId`] secondary holding the key column's value (when the id column is the primary).
+pub const KEY: &str = "key";
+
 /// Largest page [`Adapter::search`] returns.
 pub const MAX_PAGE: usize = 1000;
 
@@ -64,7 +67,15 @@ struct Row {
 
 impl Row {
     fn account_id(&self) -> AccountId {
-        AccountId::new(self.id.clone().unwrap_or_else(|| self.key.clone()))
+        account_id(self.id.as_deref(), &self.key)
+    }
+}
+
+/// The app's id when it has one (with the key we wrote as a secondary, which guards renames), else the key.
+fn account_id(id: Option<&str>, key: &str) -> AccountId {
+    match id {
+        Some(id) => AccountId::new(id).with(KEY, key),
+        None => AccountId::new(key),
     }
 }
 
@@ -204,7 +215,7 @@ fn parse_row(spec: &Spec, r: &[Option<String>]) -> Result<Row, AdapterError> {
     };
     Ok(Row {
         account: Account {
-            id: AccountId::new(id.clone().unwrap_or_else(|| key.clone())),
+            id: account_id(id.as_deref(), &key),
             attributes,
             entitlements: BTreeSet::new(),
             enabled,
@@ -245,20 +256,31 @@ async fn row_by_known(
     row_by(conn, spec, col, &known.primary, lock).await
 }
 
+/// Whether the row found by `known` is the account: the id column may name a row the app has since given to
+/// another user (ids reused after a delete), so the row must still hold the key we recorded with the id, or the key
+/// the user has now.
+fn trusted(spec: &Spec, known: &AccountId, row: &Row, key: Option<&str>) -> bool {
+    spec.users.id.is_none() || known.secondary.get(KEY) == Some(&row.key) || key == Some(row.key.as_str())
+}
+
 /// Find the account by `known`, then by its key.
 async fn locate(
     conn: &mut AnyConnection,
     spec: &Spec,
     known: Option<&AccountId>,
-    key: &str,
+    key: Option<&str>,
     lock: bool,
 ) -> Result<Option<Row>, AdapterError> {
     if let Some(k) = known
         && let Some(row) = row_by_known(conn, spec, k, lock).await?
+        && trusted(spec, k, &row, key)
     {
         return Ok(Some(row));
     }
-    row_by(conn, spec, &spec.users.key, key, lock).await
+    match key {
+        Some(key) => row_by(conn, spec, &spec.users.key, key, lock).await,
+        None => Ok(None),
+    }
 }
 
 /// The column values an apply writes, key excluded.
@@ -578,7 +600,9 @@ async fn apply_tx(
     let u = &spec.users;
     let mut tx = sqlx::Connection::begin(conn).await.map_err(db("begin"))?;
     let existing = match known {
-        Some(k) => row_by_known(&mut tx, spec, k, true).await?,
+        Some(k) => row_by_known(&mut tx, spec, k, true)
+            .await?
+            .filter(|row| trusted(spec, k, row, Some(&key))),
         None => None,
     };
     match existing {
@@ -622,15 +646,14 @@ async fn remove_tx(
     known: Option<&AccountId>,
     d: &DesiredAccount,
 ) -> Result<(), AdapterError> {
+    // Without a key in the document, the known id alone must do.
     let key = match (key_of(spec, d), known) {
-        (Ok(k), _) => k,
-        // No key in the document: the known id alone must do.
-        (Err(_), Some(k)) if spec.users.id.is_none() => k.primary.clone(),
+        (Ok(k), _) => Some(k),
+        (Err(_), Some(_)) => None,
         (Err(e), None) => return Err(e),
-        (Err(_), Some(_)) => String::new(),
     };
     let mut tx = sqlx::Connection::begin(conn).await.map_err(db("begin"))?;
-    let Some(row) = locate(&mut tx, spec, known, &key, true).await? else {
+    let Some(row) = locate(&mut tx, spec, known, key.as_deref(), true).await? else {
         return Ok(());
     };
     if let Some(uref) = user_ref(spec, &row) {
@@ -701,7 +724,7 @@ impl Adapter for SqlAdapter {
     async fn get(&self, known: Option<&AccountId>, desired: &DesiredAccount) -> Result<Option<Account>, AdapterError> {
         self.with_conn("get", async |conn, spec| {
             let row = match (key_of(spec, desired), known) {
-                (Ok(key), k) => locate(conn, spec, k, &key, false).await?,
+                (Ok(key), k) => locate(conn, spec, k, Some(&key), false).await?,
                 (Err(_), Some(k)) => row_by_known(conn, spec, k, false).await?,
                 (Err(e), None) => return Err(e),
             };

@@ -335,10 +335,35 @@ async fn suite(db: Db) {
         .apply(Some(&id), &renamed)
         .await
         .unwrap_or_else(|e| panic!("rename: {e}"));
-    assert_eq!(rid, id);
+    assert_eq!(rid.primary, id.primary);
+    assert_eq!(rid.secondary.get("key").map(String::as_str), Some("direct.ada.renamed"));
     assert_eq!(direct.count_login("direct.ada").await, 0);
     assert_eq!(direct.count_login("direct.ada.renamed").await, 1);
     assert_eq!(direct.roles_of(&id.primary).await.len(), 2, "memberships follow the id");
+
+    // An id the app may have handed to someone else (the row no longer holds the key recorded with it) is not
+    // trusted: no rename of that row, no removal of it.
+    let other = desired("u6", "direct.other", "Other", &[], true);
+    let stale = AccountId::new(id.primary.clone()).with("key", "someone.else");
+    let oid = adapter
+        .apply(Some(&stale), &other)
+        .await
+        .unwrap_or_else(|e| panic!("apply with an untrusted id: {e}"));
+    assert_ne!(oid.primary, id.primary);
+    assert_eq!(direct.count_login("direct.ada.renamed").await, 1);
+    adapter
+        .remove(Some(&stale), &other)
+        .await
+        .unwrap_or_else(|e| panic!("remove with an untrusted id: {e}"));
+    assert_eq!(direct.count_login("direct.other").await, 0);
+    assert_eq!(direct.count_login("direct.ada.renamed").await, 1);
+    assert!(
+        adapter
+            .get(Some(&stale), &other)
+            .await
+            .unwrap_or_else(|e| panic!("get: {e}"))
+            .is_none()
+    );
 
     // SQL in values is stored verbatim; the tables survive.
     let evil = "x'); DROP TABLE app_users;--";
