@@ -66,8 +66,7 @@ impl Fail {
 
     /// The connection is no longer usable.
     pub fn broken(&self) -> bool {
-        matches!(self, Fail::Transport { .. })
-            || matches!(self.rc(), Some(rc::UNAVAILABLE | rc::BUSY | rc::OTHER))
+        matches!(self, Fail::Transport { .. }) || matches!(self.rc(), Some(rc::UNAVAILABLE | rc::BUSY | rc::OTHER))
     }
 }
 

@@ -167,7 +167,9 @@ impl Dn {
 
 /// The canonical form of `dn` for comparisons; a string that does not parse compares as itself, lowercased.
 pub fn canonical(dn: &str) -> String {
-    Dn::parse(dn).map(|d| d.canonical()).unwrap_or_else(|_| dn.to_lowercase())
+    Dn::parse(dn)
+        .map(|d| d.canonical())
+        .unwrap_or_else(|_| dn.to_lowercase())
 }
 
 /// Whether two DNs name the same entry.

@@ -75,7 +75,9 @@ fn cfg_err(e: impl std::fmt::Display) -> AdapterError {
 }
 
 fn is_attr_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ';')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ';')
 }
 
 fn tls_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, AdapterError> {
@@ -88,7 +90,10 @@ fn tls_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, Ad
             .map_err(|e| cfg_err(format!("tls.ca_file {}: {e}", ca_file.display())))?;
     }
     if roots.is_empty() {
-        return Err(cfg_err(format!("tls.ca_file {} holds no certificate", ca_file.display())));
+        return Err(cfg_err(format!(
+            "tls.ca_file {} holds no certificate",
+            ca_file.display()
+        )));
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -114,7 +119,11 @@ impl LdapAdapter {
                 .map_err(|e| cfg_err(format!("bind_password_file {}: {e}", f.display())))?
                 .trim_end_matches(['\n', '\r'])
                 .to_string(),
-            _ => return Err(cfg_err("exactly one of bind_password and bind_password_file is required")),
+            _ => {
+                return Err(cfg_err(
+                    "exactly one of bind_password and bind_password_file is required",
+                ));
+            }
         };
         let dn = Template::parse(&cfg.dn).map_err(cfg_err)?;
         if dn.paths().next().is_none() {
@@ -122,7 +131,10 @@ impl LdapAdapter {
         }
         let key = Template::parse(&cfg.key.value).map_err(cfg_err)?;
         if !is_attr_name(&cfg.key.attribute) {
-            return Err(cfg_err(format!("key.attribute {:?} is not an attribute name", cfg.key.attribute)));
+            return Err(cfg_err(format!(
+                "key.attribute {:?} is not an attribute name",
+                cfg.key.attribute
+            )));
         }
         if cfg.object_classes.is_empty() {
             return Err(cfg_err("object_classes is empty"));
@@ -158,7 +170,9 @@ impl LdapAdapter {
         if let Disable::Attribute { attribute, .. } = &cfg.disable
             && !is_attr_name(attribute)
         {
-            return Err(cfg_err(format!("disable.attribute {attribute:?} is not an attribute name")));
+            return Err(cfg_err(format!(
+                "disable.attribute {attribute:?} is not an attribute name"
+            )));
         }
         let account_filter = match (&cfg.account_filter, cfg.mode) {
             (Some(f), _) => {
@@ -269,11 +283,16 @@ impl LdapAdapter {
 
     async fn read_dn(&self, c: &mut Conn<'_>, dn: &str) -> Result<Option<SearchEntry>, Fail> {
         let filter = self.account_filter.clone();
-        Ok(c.search(dn, Scope::Base, &filter, &self.read_attrs()).await?.into_iter().next())
+        Ok(c.search(dn, Scope::Base, &filter, &self.read_attrs())
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn find_one(&self, c: &mut Conn<'_>, filter: &str, what: &str) -> Result<Option<SearchEntry>, Fail> {
-        let mut found = c.search(&self.cfg.base_dn, Scope::Subtree, filter, &self.read_attrs()).await?;
+        let mut found = c
+            .search(&self.cfg.base_dn, Scope::Subtree, filter, &self.read_attrs())
+            .await?;
         if found.len() > 1 {
             return Err(AdapterError::new(
                 ErrorKind::Conflict,
@@ -331,9 +350,11 @@ impl LdapAdapter {
         match &self.cfg.disable {
             Disable::None => None,
             Disable::Ppolicy => Some(all(e, PPOLICY_ATTR).is_empty()),
-            Disable::Attribute { attribute, disabled_value, .. } => {
-                Some(!all(e, attribute).iter().any(|v| v.eq_ignore_ascii_case(disabled_value)))
-            }
+            Disable::Attribute {
+                attribute,
+                disabled_value,
+                ..
+            } => Some(!all(e, attribute).iter().any(|v| v.eq_ignore_ascii_case(disabled_value))),
             Disable::Ad => Some(uac_of(e) & UAC_DISABLED == 0),
         }
     }
@@ -380,8 +401,11 @@ impl LdapAdapter {
 
     /// Desired values of every mapped attribute (the key attribute included), in configuration order.
     fn desired_attrs(&self, d: &DesiredAccount, key: &str) -> Vec<(String, Vec<String>)> {
-        let mut out: Vec<(String, Vec<String>)> =
-            self.attrs.iter().map(|(n, s)| (n.clone(), self.values(s, &d.user))).collect();
+        let mut out: Vec<(String, Vec<String>)> = self
+            .attrs
+            .iter()
+            .map(|(n, s)| (n.clone(), self.values(s, &d.user)))
+            .collect();
         if !out.iter().any(|(n, _)| n.eq_ignore_ascii_case(&self.cfg.key.attribute)) {
             out.push((self.cfg.key.attribute.clone(), vec![key.to_string()]));
         }
@@ -414,16 +438,34 @@ impl LdapAdapter {
             }
         }
         match (&self.cfg.disable, d.enabled) {
-            (Disable::Attribute { attribute, disabled_value, .. }, false) => {
+            (
+                Disable::Attribute {
+                    attribute,
+                    disabled_value,
+                    ..
+                },
+                false,
+            ) => {
                 attrs.push((attribute.clone().into_bytes(), set(vec![disabled_value.clone()])));
             }
-            (Disable::Attribute { attribute, enabled_value: Some(v), .. }, true) => {
+            (
+                Disable::Attribute {
+                    attribute,
+                    enabled_value: Some(v),
+                    ..
+                },
+                true,
+            ) => {
                 attrs.push((attribute.clone().into_bytes(), set(vec![v.clone()])));
             }
             _ => {}
         }
         if self.cfg.mode == Mode::Ad {
-            let uac = if d.enabled { UAC_NORMAL } else { UAC_NORMAL | UAC_DISABLED };
+            let uac = if d.enabled {
+                UAC_NORMAL
+            } else {
+                UAC_NORMAL | UAC_DISABLED
+            };
             attrs.push((UAC.as_bytes().to_vec(), set(vec![uac.to_string()])));
         }
         if let Some((name, value)) = password {
@@ -431,7 +473,8 @@ impl LdapAdapter {
         }
         c.add(dn, attrs).await?;
         if matches!(self.cfg.disable, Disable::Ppolicy) && !d.enabled {
-            c.modify(dn, vec![replace(PPOLICY_ATTR, vec![PPOLICY_LOCKED.to_string()])]).await?;
+            c.modify(dn, vec![replace(PPOLICY_ATTR, vec![PPOLICY_LOCKED.to_string()])])
+                .await?;
         }
         tracing::info!(dn = %dn, "LDAP account created");
         Ok(())
@@ -446,7 +489,9 @@ impl LdapAdapter {
         key: &str,
         password: Option<(String, Vec<u8>)>,
     ) -> Result<(), Fail> {
-        let rdn_attr = escape::Dn::parse(&e.dn).ok().and_then(|p| p.leaf().map(|(a, _)| a.clone()));
+        let rdn_attr = escape::Dn::parse(&e.dn)
+            .ok()
+            .and_then(|p| p.leaf().map(|(a, _)| a.clone()));
         let mut mods = Vec::new();
         for (name, want) in self.desired_attrs(d, key) {
             // The naming attribute follows the DN (modify-DN keeps it right).
@@ -477,14 +522,17 @@ impl LdapAdapter {
                     vec![disabled_value.clone()]
                 };
                 let held = all(e, attribute);
-                if !(want.len() == held.len() && want.iter().all(|w| held.iter().any(|h| h.eq_ignore_ascii_case(w))))
-                {
+                if !(want.len() == held.len() && want.iter().all(|w| held.iter().any(|h| h.eq_ignore_ascii_case(w)))) {
                     mods.push(replace(attribute, want));
                 }
             }
             Disable::Ad => {
                 let held = uac_of(e);
-                let want = if d.enabled { held & !UAC_DISABLED } else { held | UAC_DISABLED };
+                let want = if d.enabled {
+                    held & !UAC_DISABLED
+                } else {
+                    held | UAC_DISABLED
+                };
                 if want != held {
                     mods.push(replace(UAC, vec![want.to_string()]));
                 }
@@ -618,7 +666,10 @@ impl LdapAdapter {
         let current = match entry {
             Some(e) => e,
             None => self.read_dn(c, &dn).await?.ok_or_else(|| {
-                AdapterError::new(ErrorKind::Other, format!("{dn} is not readable right after it was written"))
+                AdapterError::new(
+                    ErrorKind::Other,
+                    format!("{dn} is not readable right after it was written"),
+                )
             })?,
         };
         self.update(c, &current, d, &key, password).await?;
@@ -636,11 +687,17 @@ impl LdapAdapter {
 }
 
 fn replace(name: &str, vals: Vec<String>) -> Mod<Vec<u8>> {
-    Mod::Replace(name.as_bytes().to_vec(), vals.into_iter().map(String::into_bytes).collect())
+    Mod::Replace(
+        name.as_bytes().to_vec(),
+        vals.into_iter().map(String::into_bytes).collect(),
+    )
 }
 
 fn add(name: &str, vals: Vec<String>) -> Mod<Vec<u8>> {
-    Mod::Add(name.as_bytes().to_vec(), vals.into_iter().map(String::into_bytes).collect())
+    Mod::Add(
+        name.as_bytes().to_vec(),
+        vals.into_iter().map(String::into_bytes).collect(),
+    )
 }
 
 /// Every value of an attribute (names compare case-insensitively).
@@ -665,7 +722,10 @@ fn bytes_of(e: &SearchEntry, name: &str) -> Option<Vec<u8>> {
 }
 
 fn uac_of(e: &SearchEntry) -> u32 {
-    first(e, UAC).and_then(|v| v.parse::<i64>().ok()).map(|v| v as u32).unwrap_or(UAC_NORMAL)
+    first(e, UAC)
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|v| v as u32)
+        .unwrap_or(UAC_NORMAL)
 }
 
 /// `unicodePwd`: the password in double quotes, UTF-16LE.
@@ -724,7 +784,8 @@ impl Adapter for LdapAdapter {
 
     async fn health(&self) -> Result<(), AdapterError> {
         let mut c = self.pool.lease().await?;
-        c.search("", Scope::Base, "(objectClass=*)", &["1.1".to_string()]).await?;
+        c.search("", Scope::Base, "(objectClass=*)", &["1.1".to_string()])
+            .await?;
         Ok(())
     }
 
@@ -788,20 +849,26 @@ impl Adapter for LdapAdapter {
         let mut c = self.pool.lease().await?;
         let mut best: BTreeMap<(String, String), SearchEntry> = BTreeMap::new();
         let mut more = false;
-        c.search_paged(&self.cfg.base_dn, &filter, &self.read_attrs(), self.cfg.page_size, |e| {
-            let k = (
-                first(&e, &key_attr).unwrap_or_default().to_lowercase(),
-                escape::canonical(&e.dn),
-            );
-            if after.as_ref().is_some_and(|a| &k <= a) {
-                return;
-            }
-            best.insert(k, e);
-            if best.len() > limit {
-                best.pop_last();
-                more = true;
-            }
-        })
+        c.search_paged(
+            &self.cfg.base_dn,
+            &filter,
+            &self.read_attrs(),
+            self.cfg.page_size,
+            |e| {
+                let k = (
+                    first(&e, &key_attr).unwrap_or_default().to_lowercase(),
+                    escape::canonical(&e.dn),
+                );
+                if after.as_ref().is_some_and(|a| &k <= a) {
+                    return;
+                }
+                best.insert(k, e);
+                if best.len() > limit {
+                    best.pop_last();
+                    more = true;
+                }
+            },
+        )
         .await?;
         let next = if more {
             best.keys().next_back().map(|(k, d)| encode_cursor(k, d))
@@ -837,7 +904,10 @@ mod tests {
     #[test]
     fn cursors_round_trip() {
         let c = encode_cursor("a,b=c*(\\)", "uid=x,dc=y");
-        assert_eq!(decode_cursor(&c).expect("cursor"), ("a,b=c*(\\)".into(), "uid=x,dc=y".into()));
+        assert_eq!(
+            decode_cursor(&c).expect("cursor"),
+            ("a,b=c*(\\)".into(), "uid=x,dc=y".into())
+        );
         assert!(decode_cursor("!!").is_err());
     }
 

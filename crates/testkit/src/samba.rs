@@ -165,14 +165,17 @@ fn claim_address() -> (Ipv4Addr, fs::File) {
 
 fn tls_files(dir: &Path, ip: Ipv4Addr) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-        SanType,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
     };
     let fail = |e: rcgen::Error| -> ! { panic!("samba: cannot make test certificates: {e}") };
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| fail(e));
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, "scimgate test CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate().unwrap_or_else(|e| fail(e));
     let ca_cert = ca.self_signed(&ca_key).unwrap_or_else(|e| fail(e));
     let mut leaf = CertificateParams::new(vec!["dc1.example.test".to_string()]).unwrap_or_else(|e| fail(e));
@@ -268,7 +271,15 @@ impl Samba {
     fn try_search(&self) -> bool {
         Command::new("ldapsearch")
             .args(self.auth_args())
-            .args(["-LLL", "-b", "", "-s", "base", "(objectClass=*)", "defaultNamingContext"])
+            .args([
+                "-LLL",
+                "-b",
+                "",
+                "-s",
+                "base",
+                "(objectClass=*)",
+                "defaultNamingContext",
+            ])
             .env("LDAPTLS_CACERT", &self.ca_file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -321,7 +332,15 @@ impl Samba {
     pub fn can_bind(&self, dn: &str, password: &str) -> bool {
         Command::new("ldapsearch")
             .args(["-x", "-H", &self.url, "-D", dn, "-w", password])
-            .args(["-LLL", "-b", "", "-s", "base", "(objectClass=*)", "defaultNamingContext"])
+            .args([
+                "-LLL",
+                "-b",
+                "",
+                "-s",
+                "base",
+                "(objectClass=*)",
+                "defaultNamingContext",
+            ])
             .env("LDAPTLS_CACERT", &self.ca_file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
