@@ -112,11 +112,11 @@ pub struct TargetConfig {
     pub concurrency: usize,
     /// Overrides `outbox.max_attempts`.
     pub max_attempts: Option<u32>,
-    pub ldap: Option<toml::Value>,
-    pub sql: Option<toml::Value>,
-    pub file: Option<toml::Value>,
-    pub rest: Option<toml::Value>,
-    pub scim: Option<toml::Value>,
+    pub ldap: Option<scimgate_adapter_ldap::Config>,
+    pub sql: Option<scimgate_adapter_sql::Config>,
+    pub file: Option<scimgate_adapter_file::Config>,
+    pub rest: Option<scimgate_adapter_rest::Config>,
+    pub scim: Option<scimgate_adapter_scim::Config>,
 }
 
 fn default_concurrency() -> usize {

@@ -88,6 +88,8 @@ pub struct TargetSpec {
     pub adapter: Arc<dyn Adapter>,
     pub concurrency: usize,
     pub max_attempts: Option<u32>,
+    /// A flat-file target in snapshot mode: written whole on its schedule.
+    pub snapshots: Option<Arc<scimgate_adapter_file::FileAdapter>>,
 }
 
 pub struct Outbox {
@@ -99,6 +101,7 @@ pub struct Outbox {
     wake: Arc<Notify>,
     sealer: Option<Sealer>,
     alerter: Alerter,
+    snapshots: Vec<(String, Arc<scimgate_adapter_file::FileAdapter>)>,
 }
 
 fn now_ts() -> String {
@@ -118,6 +121,10 @@ impl Outbox {
         sealer: Option<Sealer>,
         alerter: Alerter,
     ) -> Arc<Outbox> {
+        let snapshots = specs
+            .iter()
+            .filter_map(|s| s.snapshots.clone().map(|f| (s.id.clone(), f)))
+            .collect();
         let targets = specs
             .into_iter()
             .map(|s| {
@@ -146,7 +153,28 @@ impl Outbox {
             wake,
             sealer,
             alerter,
+            snapshots,
         })
+    }
+
+    /// Write each snapshot-mode file target's full file on its schedule, for as long as the process runs.
+    fn spawn_snapshots(&self) {
+        for (id, f) in &self.snapshots {
+            let Some(every) = f.schedule() else { continue };
+            let (id, f) = (id.clone(), f.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match f.write_snapshot().await {
+                        Ok(name) => tracing::info!(target_id = %id, file = %name, "snapshot delivered"),
+                        Err(e) => tracing::error!(target_id = %id, error = %e, "snapshot failed; next one at the next tick"),
+                    }
+                }
+            });
+        }
     }
 
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
@@ -159,6 +187,7 @@ impl Outbox {
 
     /// Run the dispatcher until the process ends.
     pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.spawn_snapshots();
         tokio::spawn(async move {
             let poll = Duration::from_millis(self.cfg.poll_ms.max(10));
             let mut last_gauges = Instant::now() - Duration::from_secs(60);

@@ -56,6 +56,7 @@ pub struct Gateway {
     pub db: Option<String>,
     pub log: PathBuf,
     pub config: PathBuf,
+    pub rust_log: String,
 }
 
 pub struct Options {
@@ -129,18 +130,12 @@ impl Gateway {
         )
         .expect("write config");
         let log = dir.path().join("gateway.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_scimgate"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("SCIMGATE_TEST_TOKEN", TOKEN)
-            .env("RUST_LOG", opts.rust_log.as_deref().unwrap_or("info,scimgate=debug"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start scimgate");
+        let rust_log = opts.rust_log.clone().unwrap_or_else(|| "info,scimgate=debug".into());
+        let child = spawn(&config, &log, &rust_log);
         let base = format!("http://127.0.0.1:{port}/scim/v2");
         let client = reqwest::Client::new();
         let mut gw = Gateway {
+            rust_log,
             child,
             base,
             client,
@@ -222,6 +217,36 @@ impl Gateway {
     pub fn config_path(&self) -> &Path {
         &self.config
     }
+
+    /// SIGKILL: no shutdown at all, as in a crash or an OOM kill.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the gateway again on the same config and database (after `kill` or `stop`), and wait until ready.
+    pub async fn restart(&mut self) {
+        let _ = self.child.try_wait();
+        self.child = spawn(&self.config, &self.log, &self.rust_log);
+        self.wait_ready().await;
+    }
+}
+
+fn spawn(config: &Path, log: &Path, rust_log: &str) -> std::process::Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_scimgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("SCIMGATE_TEST_TOKEN", TOKEN)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("start scimgate")
 }
 
 impl Drop for Gateway {

@@ -80,6 +80,9 @@ pub(crate) struct RawLifecycle {
     /// Must not come before the lock.
     #[serde(default)]
     pub revoke_delay_hours: Option<Spanned<i64>>,
+    /// The same in minutes, for short grace periods (and tests); give one of the two.
+    #[serde(default)]
+    pub revoke_delay_minutes: Option<Spanned<i64>>,
     /// Attributes by which the caller matches a new hire record to an existing identity (a rehire). Data for the
     /// caller; the engine does not use it (default `["externalId", "employeeNumber"]`).
     #[serde(default)]

@@ -504,20 +504,35 @@ fn build(raw: RawPolicy, rep: &mut Reporter<'_>) -> Option<Policy> {
         0..MAX_HOURS * 60 + 1,
         0,
     );
-    let revoke_hours = bounded(
-        rep,
-        lc.and_then(|l| l.revoke_delay_hours.as_ref()),
-        "lifecycle.revoke_delay_hours",
-        0..MAX_HOURS + 1,
-        24,
-    );
-    if lock_minutes > revoke_hours * 60 {
+    let revoke_minutes = match lc.and_then(|l| l.revoke_delay_minutes.as_ref()) {
+        Some(m) => {
+            if let Some(h) = lc.and_then(|l| l.revoke_delay_hours.as_ref()) {
+                rep.report(
+                    Kind::Invalid,
+                    start(h),
+                    "lifecycle.revoke_delay_hours",
+                    "give revoke_delay_hours or revoke_delay_minutes, not both".to_string(),
+                );
+            }
+            bounded(rep, Some(m), "lifecycle.revoke_delay_minutes", 0..MAX_HOURS * 60 + 1, 24 * 60)
+        }
+        None => {
+            bounded(
+                rep,
+                lc.and_then(|l| l.revoke_delay_hours.as_ref()),
+                "lifecycle.revoke_delay_hours",
+                0..MAX_HOURS + 1,
+                24,
+            ) * 60
+        }
+    };
+    if lock_minutes > revoke_minutes {
         let offset = lc.and_then(|l| l.lock_delay_minutes.as_ref()).map_or(0, start);
         rep.report(
             Kind::Invalid,
             offset,
             "lifecycle.lock_delay_minutes",
-            format!("the lock ({lock_minutes} min) must not come after the revoke ({revoke_hours} h)"),
+            format!("the lock ({lock_minutes} min) must not come after the revoke ({revoke_minutes} min)"),
         );
     }
     let condition = |rep: &mut Reporter<'_>, value: Option<&Spanned<String>>, key: &str, default: &'static str| {
@@ -570,7 +585,7 @@ fn build(raw: RawPolicy, rep: &mut Reporter<'_>) -> Option<Policy> {
         contractor_condition,
         contractor_requires_end_date: lc.and_then(|l| l.contractor_requires_end_date).unwrap_or(true),
         lock_delay: Duration::minutes(lock_minutes),
-        revoke_delay: Duration::hours(revoke_hours),
+        revoke_delay: Duration::minutes(revoke_minutes),
         rehire_match,
     };
 
