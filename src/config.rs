@@ -514,7 +514,9 @@ impl Config {
             ));
         }
         if o.operation_timeout_secs >= o.lease_secs {
-            return Err(invalid("outbox: operation_timeout_secs must be shorter than lease_secs"));
+            return Err(invalid(
+                "outbox: operation_timeout_secs must be shorter than lease_secs",
+            ));
         }
         if o.secret_key.is_some() && o.secret_key_file.is_some() {
             return Err(invalid("outbox: give secret_key or secret_key_file, not both"));
@@ -525,7 +527,10 @@ impl Config {
                 return Err(invalid(format!("targets: id {} appears twice", t.id)));
             }
             if t.concurrency == 0 || t.concurrency > 256 {
-                return Err(invalid(format!("target {}: concurrency must be between 1 and 256", t.id)));
+                return Err(invalid(format!(
+                    "target {}: concurrency must be between 1 and 256",
+                    t.id
+                )));
             }
             if t.max_attempts == Some(0) {
                 return Err(invalid(format!("target {}: max_attempts must be positive", t.id)));

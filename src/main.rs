@@ -136,9 +136,9 @@ enum OutboxCommand {
 
 async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
     let config = match &cmd {
-        OutboxCommand::List { config, .. } | OutboxCommand::Show { config, .. } | OutboxCommand::Replay { config, .. } => {
-            config
-        }
+        OutboxCommand::List { config, .. }
+        | OutboxCommand::Show { config, .. }
+        | OutboxCommand::Replay { config, .. } => config,
     };
     let cfg = Config::load(config).with_context(|| format!("config {}", config.display()))?;
     let store = scimgate_store::SqlStore::connect(&scimgate_store::sql::StoreOptions {
@@ -164,7 +164,10 @@ async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
             eprintln!("{} rows", rows.len());
         }
         OutboxCommand::Show { tenant, id, .. } => match store_get(&store, &tenant, &id).await? {
-            Some(r) => println!("{}", serde_json::to_string_pretty(&scimgate::outbox::ops::to_json(&r, true))?),
+            Some(r) => println!(
+                "{}",
+                serde_json::to_string_pretty(&scimgate::outbox::ops::to_json(&r, true))?
+            ),
             None => anyhow::bail!("no outbox row {id} in tenant {tenant}"),
         },
         OutboxCommand::Replay {
@@ -343,7 +346,10 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         }
         for t in &targets {
             if policy.target(&t.id).is_none() {
-                println!("warning: target {} is not a target of the policy: nothing will be sent to it", t.id);
+                println!(
+                    "warning: target {} is not a target of the policy: nothing will be sent to it",
+                    t.id
+                );
             }
         }
     }

@@ -99,7 +99,9 @@ impl Metrics {
                 "scimgate_outbox_delivery_duration_seconds",
                 "Time of one adapter call, by target and outcome",
             )
-            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["target", "outcome"],
         ) {
             Ok(h) => h,

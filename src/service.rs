@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use scimgate_adapter_sdk::Secret;
 use scimgate_scim::bulk::{self, BULK_RESPONSE_URN, Method};
 use scimgate_scim::eval;
 use scimgate_scim::filter::{FilterLimits, parse_filter, parse_patch_path};
@@ -19,7 +20,6 @@ use scimgate_scim::project::{Projection, render};
 use scimgate_scim::resource::{Mode, check_immutable, normalize};
 use scimgate_scim::schema::{Registry, ResourceKind, Target};
 use scimgate_scim::{ProtocolError, urn};
-use scimgate_adapter_sdk::Secret;
 use scimgate_store::{AuditEntry, Backend, Effects, Query, Start, StoreError, Stored, Write};
 
 use crate::config::{ScimConfig, Tenant};
@@ -483,7 +483,7 @@ impl ScimService {
             let mut doc = normalize(&self.reg, kind, Value::Object(doc), Mode::Replace)?;
             check_immutable(&self.reg, kind, &current.doc, &doc)?;
             let password = self.take_password(kind, &mut doc).await?;
-        let password_hash = password.as_ref().map(|(h, _)| h.clone());
+            let password_hash = password.as_ref().map(|(h, _)| h.clone());
             let member_ops = self.resolve_member_filters(cx, id, &member_ops).await?;
             let doc_changed = doc != current.doc || password_hash.is_some();
             if !doc_changed && member_ops.is_empty() {

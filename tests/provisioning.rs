@@ -275,11 +275,9 @@ fn user(name: &str, dept: &str) -> Value {
 
 impl World {
     fn ldap_user(&self, name: &str) -> Option<scimgate_testkit::slapd::Entry> {
-        let mut found = self.slapd.ldapsearch(
-            &format!("ou=people,{SUFFIX}"),
-            &format!("(uid={name})"),
-            &["*", "+"],
-        );
+        let mut found = self
+            .slapd
+            .ldapsearch(&format!("ou=people,{SUFFIX}"), &format!("(uid={name})"), &["*", "+"]);
         assert!(found.len() <= 1, "{} entries for {name}", found.len());
         found.pop()
     }
@@ -334,7 +332,10 @@ impl World {
 
     async fn outbox(&self, status: &str) -> Vec<Value> {
         let (code, body) = self
-            .admin("GET", &format!("/admin/v1/tenants/default/outbox?status={status}&limit=1000"))
+            .admin(
+                "GET",
+                &format!("/admin/v1/tenants/default/outbox?status={status}&limit=1000"),
+            )
             .await;
         assert_eq!(code, 200, "{body}");
         body["entries"].as_array().cloned().unwrap_or_default()
@@ -375,7 +376,11 @@ async fn joiner_mover_leaver_reach_ldap_and_sql() {
     let id = created["id"].as_str().expect("id").to_string();
     let entry = eventually(15, "alice in slapd", || {
         let e = w.ldap_user("alice");
-        (e.as_ref().is_some_and(|_| w.ldap_groups("alice") == set(&["staff", "sales"])), e)
+        (
+            e.as_ref()
+                .is_some_and(|_| w.ldap_groups("alice") == set(&["staff", "sales"])),
+            e,
+        )
     })
     .await
     .expect("entry");
@@ -386,7 +391,11 @@ async fn joiner_mover_leaver_reach_ldap_and_sql() {
     assert_eq!(entry.first("pwdAccountLockedTime"), None, "enabled");
     let row = eventually(15, "alice in the legacy app", || {
         let r = w.sql_user("alice");
-        (r.as_ref().is_some_and(|(_, roles)| *roles == set(&["APP_READ", "APP_WRITE"])), r)
+        (
+            r.as_ref()
+                .is_some_and(|(_, roles)| *roles == set(&["APP_READ", "APP_WRITE"])),
+            r,
+        )
     })
     .await
     .expect("row");
@@ -422,7 +431,10 @@ async fn joiner_mover_leaver_reach_ldap_and_sql() {
     let locked_at = Instant::now();
     eventually(15, "alice locked in slapd", || {
         let e = w.ldap_user("alice");
-        (e.as_ref().and_then(|e| e.first("pwdAccountLockedTime")).is_some(), e.map(|e| e.dn))
+        (
+            e.as_ref().and_then(|e| e.first("pwdAccountLockedTime")).is_some(),
+            e.map(|e| e.dn),
+        )
     })
     .await;
     eventually(15, "alice locked in the legacy app", || {
@@ -430,7 +442,11 @@ async fn joiner_mover_leaver_reach_ldap_and_sql() {
         (r.as_ref().is_some_and(|(cols, _)| cols[0] == "L"), r)
     })
     .await;
-    assert_eq!(w.ldap_groups("alice"), set(&["staff", "finance"]), "revocation waits for the delay");
+    assert_eq!(
+        w.ldap_groups("alice"),
+        set(&["staff", "finance"]),
+        "revocation waits for the delay"
+    );
     // ... then removed from both after the one-minute revoke delay.
     eventually(120, "alice removed from slapd", || {
         let e = w.ldap_user("alice");
@@ -442,7 +458,10 @@ async fn joiner_mover_leaver_reach_ldap_and_sql() {
         (r.is_none(), r)
     })
     .await;
-    assert!(locked_at.elapsed() >= Duration::from_secs(50), "removed only after the revoke delay");
+    assert!(
+        locked_at.elapsed() >= Duration::from_secs(50),
+        "removed only after the revoke delay"
+    );
 
     // Every delivery is on the record: nothing dead, nothing waiting, each step audited.
     assert!(w.outbox("dead").await.is_empty());
@@ -450,9 +469,15 @@ async fn joiner_mover_leaver_reach_ldap_and_sql() {
     let done = w.outbox("done").await;
     let mut per_target: BTreeMap<String, usize> = BTreeMap::new();
     for d in &done {
-        *per_target.entry(d["target"].as_str().unwrap_or("").to_string()).or_default() += 1;
+        *per_target
+            .entry(d["target"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
     }
-    assert_eq!(per_target.get("directory"), Some(&4), "create, move, lock, remove: {done:?}");
+    assert_eq!(
+        per_target.get("directory"),
+        Some(&4),
+        "create, move, lock, remove: {done:?}"
+    );
     assert_eq!(per_target.get("crm"), Some(&4), "create, move, lock, remove: {done:?}");
     assert!(done.iter().all(|d| d["has_secret"] == false));
 }
@@ -470,7 +495,9 @@ async fn post_all(gw_base: String, names: Vec<String>, parallel: usize) -> Vec<S
         let (client, queue, ok, base) = (client.clone(), queue.clone(), ok.clone(), gw_base.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let Some(name) = queue.lock().expect("lock").pop() else { return };
+                let Some(name) = queue.lock().expect("lock").pop() else {
+                    return;
+                };
                 // While the gateway is down (killed, restarting), keep trying the same joiner, as an IdP does. A
                 // request whose answer was cut off may have committed: its retry then gets 409, and it is not
                 // counted as acknowledged (the store check below covers it anyway).
@@ -498,8 +525,7 @@ async fn post_all(gw_base: String, names: Vec<String>, parallel: usize) -> Vec<S
     for t in tasks {
         let _ = t.await;
     }
-    let ok = ok.lock().expect("lock").clone();
-    ok
+    ok.lock().expect("lock").clone()
 }
 
 /// Every user the store holds, by userName (paging through /Users).
@@ -508,7 +534,11 @@ async fn stored_users(gw: &Gateway) -> BTreeSet<String> {
     let mut start = 1;
     loop {
         let (code, page) = gw
-            .call("GET", &format!("/Users?attributes=userName&count=1000&startIndex={start}"), None)
+            .call(
+                "GET",
+                &format!("/Users?attributes=userName&count=1000&startIndex={start}"),
+                None,
+            )
             .await;
         assert_eq!(code, 200, "{page}");
         let rs = page["Resources"].as_array().cloned().unwrap_or_default();
@@ -529,7 +559,10 @@ fn ldap_uids(w: &World) -> Vec<String> {
 }
 
 fn sql_logins(w: &World) -> Vec<String> {
-    w.db.query("SELECT login FROM app_users").into_iter().map(|r| r[0].clone()).collect()
+    w.db.query("SELECT login FROM app_users")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect()
 }
 
 fn exactly_once(what: &str, seen: &[String], want: &BTreeSet<String>) {
@@ -542,7 +575,10 @@ fn exactly_once(what: &str, seen: &[String], want: &BTreeSet<String>) {
     let got: BTreeSet<String> = seen.iter().cloned().collect();
     let missing: Vec<_> = want.difference(&got).take(10).collect();
     let extra: Vec<_> = got.difference(want).take(10).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:?}, extra {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:?}, extra {extra:?}"
+    );
 }
 
 #[tokio::test]
@@ -579,9 +615,15 @@ async fn crash_three_sigkills_lose_nothing_and_duplicate_nothing() {
     exactly_once("legacy app", &sql_logins(&w), &stored);
     assert!(w.outbox("dead").await.is_empty(), "no dead letters");
     // Memberships too: every stored user is in staff, and the *0 users in sales.
-    let staff = w.slapd.ldapsearch(&format!("cn=staff,ou=groups,{SUFFIX}"), "(objectClass=*)", &["member"]);
+    let staff = w
+        .slapd
+        .ldapsearch(&format!("cn=staff,ou=groups,{SUFFIX}"), "(objectClass=*)", &["member"]);
     let members: BTreeSet<String> = staff[0].all("member").into_iter().collect();
-    assert_eq!(members.len(), stored.len() + 1, "every user plus the placeholder in staff");
+    assert_eq!(
+        members.len(),
+        stored.len() + 1,
+        "every user plus the placeholder in staff"
+    );
 }
 
 #[tokio::test]
@@ -634,7 +676,9 @@ async fn slapd_outage_alerts_drains_and_replays() {
     assert_eq!(acked.len(), 200, "every joiner accepted while the directory is down");
     let down = eventually(30, "the directory reported down", || {
         let a = alerts.lock().expect("lock").clone();
-        let ok = a.iter().any(|a| a["alert"]["kind"] == "target_down" && a["alert"]["target"] == "directory");
+        let ok = a
+            .iter()
+            .any(|a| a["alert"]["kind"] == "target_down" && a["alert"]["target"] == "directory");
         (ok, a.len())
     })
     .await;
@@ -654,7 +698,9 @@ async fn slapd_outage_alerts_drains_and_replays() {
     // The circuit closes, the backlog drains.
     eventually(60, "the directory reported up", || {
         let a = alerts.lock().expect("lock").clone();
-        let ok = a.iter().any(|a| a["alert"]["kind"] == "target_up" && a["alert"]["target"] == "directory");
+        let ok = a
+            .iter()
+            .any(|a| a["alert"]["kind"] == "target_up" && a["alert"]["target"] == "directory");
         (ok, a.len())
     })
     .await;
@@ -666,9 +712,16 @@ async fn slapd_outage_alerts_drains_and_replays() {
 
     // What failed before the circuit opened is a dead letter, announced, and replayable.
     let dead = w.outbox("dead").await;
-    assert!(!dead.is_empty(), "the first failures became dead letters (max_attempts = 1)");
+    assert!(
+        !dead.is_empty(),
+        "the first failures became dead letters (max_attempts = 1)"
+    );
     assert!(dead.iter().all(|d| d["target"] == "directory"));
-    assert_eq!(ldap_uids(&w).len() + dead.len(), 300, "everything else was delivered after the outage");
+    assert_eq!(
+        ldap_uids(&w).len() + dead.len(),
+        300,
+        "everything else was delivered after the outage"
+    );
     eventually(10, "the dead-letter alert", || {
         let a = alerts.lock().expect("lock").clone();
         (a.iter().any(|a| a["alert"]["kind"] == "dead_letters"), down)
@@ -676,7 +729,9 @@ async fn slapd_outage_alerts_drains_and_replays() {
     .await;
     for d in &dead {
         let id = d["id"].as_str().expect("id");
-        let (code, body) = w.admin("POST", &format!("/admin/v1/tenants/default/outbox/{id}/replay")).await;
+        let (code, body) = w
+            .admin("POST", &format!("/admin/v1/tenants/default/outbox/{id}/replay"))
+            .await;
         assert_eq!(code, 200, "{body}");
         assert_eq!(body["status"], "pending");
     }

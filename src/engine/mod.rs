@@ -16,13 +16,13 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use scimgate_adapter_sdk::DesiredAccount;
+use scimgate_policy::AccountState;
 use scimgate_policy::{
     ApprovalNeed, ApprovalReason, Approvers, Current, Decision as StageRule, IdentityInput, Plan, PlanItem, Policy,
     PolicyMode, Prior, SodException,
 };
 use scimgate_scim::resource::{format_datetime, parse_datetime};
-use scimgate_adapter_sdk::DesiredAccount;
-use scimgate_policy::AccountState;
 use scimgate_store::{
     ApprovalRecord, AuditEntry, Effects, ExceptionRecord, IdentityState, OutboxNew, PlanRecord, StateWrite,
 };
@@ -337,7 +337,14 @@ impl Engine {
         let outbox = if shadow {
             vec![]
         } else {
-            outbox_rows(&policy, s, &items, &new_current, plan.as_ref().map(|p| p.id.as_str()), cause)?
+            outbox_rows(
+                &policy,
+                s,
+                &items,
+                &new_current,
+                plan.as_ref().map(|p| p.id.as_str()),
+                cause,
+            )?
         };
         let audit = (!items.is_empty() || !eval.sod.is_empty())
             .then(|| AuditEntry {

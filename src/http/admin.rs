@@ -586,7 +586,8 @@ async fn outbox_replay(
     let row = st.service.store.outbox_get(&t, &id).await?;
     Ok(json_response(
         StatusCode::OK,
-        &row.map(|r| crate::outbox::ops::to_json(&r, false)).unwrap_or(Value::Null),
+        &row.map(|r| crate::outbox::ops::to_json(&r, false))
+            .unwrap_or(Value::Null),
     ))
 }
 

@@ -71,7 +71,10 @@ impl Alerter {
                         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
                         while let Ok(Some(next)) = tokio::time::timeout_at(deadline, rx.recv()).await {
                             match next {
-                                Alert::DeadLetters { entries: more, count: n } => {
+                                Alert::DeadLetters {
+                                    entries: more,
+                                    count: n,
+                                } => {
                                     count += n;
                                     entries.extend(more);
                                 }

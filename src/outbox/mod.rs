@@ -170,7 +170,9 @@ impl Outbox {
                     tick.tick().await;
                     match f.write_snapshot().await {
                         Ok(name) => tracing::info!(target_id = %id, file = %name, "snapshot delivered"),
-                        Err(e) => tracing::error!(target_id = %id, error = %e, "snapshot failed; next one at the next tick"),
+                        Err(e) => {
+                            tracing::error!(target_id = %id, error = %e, "snapshot failed; next one at the next tick")
+                        }
                     }
                 }
             });
@@ -209,7 +211,11 @@ impl Outbox {
     /// One pass over the targets: claim what each has room for and start it.
     pub async fn round(self: &Arc<Self>) {
         for t in self.targets.values() {
-            let open = t.breaker.lock().ok().map(|b| (b.is_open(), b.probe_due(Instant::now())));
+            let open = t
+                .breaker
+                .lock()
+                .ok()
+                .map(|b| (b.is_open(), b.probe_due(Instant::now())));
             match open {
                 Some((true, due)) => {
                     if due && !t.probing.swap(true, Ordering::SeqCst) {
@@ -226,7 +232,11 @@ impl Outbox {
             }
             let lease_until = later(Duration::from_secs(self.cfg.lease_secs));
             let now = now_ts();
-            let mut claimed = match self.store.claim(&t.id, &self.owner, &now, &lease_until, free, true).await {
+            let mut claimed = match self
+                .store
+                .claim(&t.id, &self.owner, &now, &lease_until, free, true)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(target_id = %t.id, error = %e, "outbox claim failed");

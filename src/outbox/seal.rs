@@ -77,7 +77,13 @@ impl Sealer {
         let aad = format!("{tenant}\u{0}{row}");
         let pt = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| SealError::Open)?;
         String::from_utf8(pt).map_err(|_| SealError::Open)
     }

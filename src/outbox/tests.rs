@@ -22,9 +22,14 @@ use super::seal::Sealer;
 use super::{Outbox, Payload, TargetSpec};
 use crate::config::OutboxConfig;
 
+/// (identity, operation, enabled, password) of one call.
+type Call = (String, String, bool, Option<String>);
+/// (global order, identity, enabled, node) of one delivery.
+type Seen = Arc<Mutex<Vec<(u64, String, bool, &'static str)>>>;
+
 #[derive(Default)]
 struct Recorder {
-    calls: Mutex<Vec<(String, String, bool, Option<String>)>>,
+    calls: Mutex<Vec<Call>>,
     fail: Mutex<VecDeque<AdapterError>>,
     down: AtomicBool,
 }
@@ -75,7 +80,7 @@ impl Recorder {
         ));
         Ok(())
     }
-    fn calls(&self) -> Vec<(String, String, bool, Option<String>)> {
+    fn calls(&self) -> Vec<Call> {
         self.calls.lock().expect("lock").clone()
     }
 }
@@ -138,7 +143,13 @@ fn fast() -> OutboxConfig {
 }
 
 /// Queue one decision for `identity` (state version `version`) with one row per (operation, priority, enabled).
-async fn enqueue(r: &Rig, identity: &str, version: i64, rows: &[(&str, i64, bool)], secret: Option<&str>) -> Vec<String> {
+async fn enqueue(
+    r: &Rig,
+    identity: &str,
+    version: i64,
+    rows: &[(&str, i64, bool)],
+    secret: Option<&str>,
+) -> Vec<String> {
     let sealer = Sealer::from_base64(&key()).expect("key");
     let mut ids = vec![];
     let outbox = rows
@@ -214,12 +225,24 @@ async fn order_per_identity_and_leavers_first() {
     drive(&r, async || r.rec.calls().len() == 5).await;
     let calls = r.rec.calls();
     assert_eq!(calls[0].0, "c", "the lock goes first: {calls:?}");
-    let a: Vec<_> = calls.iter().filter(|c| c.0 == "a").map(|c| (c.1.as_str(), c.2)).collect();
-    assert_eq!(a, vec![("apply", true), ("apply", false), ("remove", false)], "per-identity order");
+    let a: Vec<_> = calls
+        .iter()
+        .filter(|c| c.0 == "a")
+        .map(|c| (c.1.as_str(), c.2))
+        .collect();
+    assert_eq!(
+        a,
+        vec![("apply", true), ("apply", false), ("remove", false)],
+        "per-identity order"
+    );
     assert_eq!(status(&r, &lock[0]).await.0, "done");
     let acct = r.store.target_account("t", "b", "t1").await.expect("account");
     assert_eq!(acct.as_deref(), Some(r#"{"primary":"acct-b"}"#));
-    assert_eq!(r.store.target_account("t", "a", "t1").await.expect("account"), None, "removed");
+    assert_eq!(
+        r.store.target_account("t", "a", "t1").await.expect("account"),
+        None,
+        "removed"
+    );
     // Every delivery is in the audit chain.
     let audit = r.store.audit_page("t", 0, 100).await.expect("audit");
     assert_eq!(audit.iter().filter(|a| a.kind == "delivery").count(), 5);
@@ -228,12 +251,20 @@ async fn order_per_identity_and_leavers_first() {
 #[tokio::test]
 async fn retries_then_dead_letters_then_replay() {
     let r = rig(2, fast()).await;
-    r.rec.fail.lock().expect("lock").push_back(AdapterError::new(ErrorKind::Other, "blip"));
+    r.rec
+        .fail
+        .lock()
+        .expect("lock")
+        .push_back(AdapterError::new(ErrorKind::Other, "blip"));
     let ok = enqueue(&r, "a", 1, &[("apply", 0, true)], None).await;
     drive(&r, async || status(&r, &ok[0]).await.0 == "done").await;
     assert_eq!(status(&r, &ok[0]).await.1, 2, "one failure, one success");
 
-    r.rec.fail.lock().expect("lock").push_back(AdapterError::rejected("schema violation"));
+    r.rec
+        .fail
+        .lock()
+        .expect("lock")
+        .push_back(AdapterError::rejected("schema violation"));
     let bad = enqueue(&r, "b", 1, &[("apply", 0, true)], Some("S3cret!")).await;
     drive(&r, async || status(&r, &bad[0]).await.0 == "dead").await;
     let (_, attempts, has_secret) = status(&r, &bad[0]).await;
@@ -242,8 +273,17 @@ async fn retries_then_dead_letters_then_replay() {
     let row = r.store.outbox_get("t", &bad[0]).await.expect("get").expect("row");
     assert!(row.last_error.as_deref().unwrap_or("").contains("schema violation"));
 
-    assert!(super::ops::replay(r.store.as_ref(), "t", &bad[0], "admin:ops").await.expect("replay"));
-    assert!(!super::ops::replay(r.store.as_ref(), "t", &bad[0], "admin:ops").await.expect("replay"), "not dead now");
+    assert!(
+        super::ops::replay(r.store.as_ref(), "t", &bad[0], "admin:ops")
+            .await
+            .expect("replay")
+    );
+    assert!(
+        !super::ops::replay(r.store.as_ref(), "t", &bad[0], "admin:ops")
+            .await
+            .expect("replay"),
+        "not dead now"
+    );
     drive(&r, async || status(&r, &bad[0]).await.0 == "done").await;
     assert!(!status(&r, &bad[0]).await.2, "the secret is gone once delivered");
     let b: Vec<_> = r.rec.calls().into_iter().filter(|c| c.0 == "b").collect();
@@ -251,11 +291,19 @@ async fn retries_then_dead_letters_then_replay() {
     assert_eq!(b[0].3.as_deref(), Some("S3cret!"), "the password reached the adapter");
     let audit = r.store.audit_page("t", 0, 100).await.expect("audit");
     assert!(audit.iter().any(|a| a.kind == "dead_letter"));
-    assert!(audit.iter().any(|a| a.kind == "dead_letter_replayed" && a.actor == "admin:ops"));
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.kind == "dead_letter_replayed" && a.actor == "admin:ops")
+    );
 
     // Retriable errors run out of attempts.
     for _ in 0..3 {
-        r.rec.fail.lock().expect("lock").push_back(AdapterError::new(ErrorKind::Other, "again"));
+        r.rec
+            .fail
+            .lock()
+            .expect("lock")
+            .push_back(AdapterError::new(ErrorKind::Other, "again"));
     }
     let tired = enqueue(&r, "c", 1, &[("apply", 0, true)], None).await;
     drive(&r, async || status(&r, &tired[0]).await.0 == "dead").await;
@@ -298,12 +346,20 @@ async fn an_open_circuit_spends_no_attempts_and_the_backlog_drains() {
 #[tokio::test]
 async fn a_replayed_old_row_does_not_go_back_in_time() {
     let r = rig(1, fast()).await;
-    r.rec.fail.lock().expect("lock").push_back(AdapterError::rejected("nope"));
+    r.rec
+        .fail
+        .lock()
+        .expect("lock")
+        .push_back(AdapterError::rejected("nope"));
     let old = enqueue(&r, "a", 1, &[("apply", 0, true)], None).await;
     drive(&r, async || status(&r, &old[0]).await.0 == "dead").await;
     let new = enqueue(&r, "a", 2, &[("apply", 0, false)], None).await;
     drive(&r, async || status(&r, &new[0]).await.0 == "done").await;
-    assert!(super::ops::replay(r.store.as_ref(), "t", &old[0], "cli:ops").await.expect("replay"));
+    assert!(
+        super::ops::replay(r.store.as_ref(), "t", &old[0], "cli:ops")
+            .await
+            .expect("replay")
+    );
     drive(&r, async || status(&r, &old[0]).await.0 == "superseded").await;
     assert_eq!(r.rec.calls().len(), 1, "only the newer state was applied");
 }
@@ -315,10 +371,18 @@ async fn an_expired_lease_is_taken_over() {
     // A worker that died holding the row: its lease ran out a second ago.
     let past = scimgate_scim::resource::format_datetime(chrono::Utc::now() - chrono::Duration::seconds(1));
     let now = scimgate_scim::resource::format_datetime(chrono::Utc::now());
-    let claimed = r.store.claim("t1", "dead-node", &now, &past, 1, false).await.expect("claim");
+    let claimed = r
+        .store
+        .claim("t1", "dead-node", &now, &past, 1, false)
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 1);
     drive(&r, async || status(&r, &ids[0]).await.0 == "done").await;
-    assert_eq!(status(&r, &ids[0]).await.1, 2, "the takeover counts as a second attempt");
+    assert_eq!(
+        status(&r, &ids[0]).await.1,
+        2,
+        "the takeover counts as a second attempt"
+    );
 }
 
 /// Two gateway processes on one PostgreSQL queue: `FOR UPDATE SKIP LOCKED` hands each row to one of them, and
@@ -341,11 +405,11 @@ async fn two_nodes_share_a_postgres_queue() {
     let s1 = store(db.url.clone()).await;
     let s2 = store(db.url.clone()).await;
     let order = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = Arc::new(Mutex::new(Vec::<(u64, String, bool, &'static str)>::new()));
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
     struct Node {
         name: &'static str,
         order: Arc<std::sync::atomic::AtomicU64>,
-        seen: Arc<Mutex<Vec<(u64, String, bool, &'static str)>>>,
+        seen: Seen,
     }
     #[async_trait]
     impl Adapter for Node {
@@ -361,7 +425,10 @@ async fn two_nodes_share_a_postgres_queue() {
         async fn apply(&self, _: Option<&AccountId>, d: &DesiredAccount) -> Result<AccountId, AdapterError> {
             tokio::time::sleep(Duration::from_millis(2)).await;
             let n = self.order.fetch_add(1, Ordering::SeqCst);
-            self.seen.lock().expect("lock").push((n, d.identity_id.clone(), d.enabled, self.name));
+            self.seen
+                .lock()
+                .expect("lock")
+                .push((n, d.identity_id.clone(), d.enabled, self.name));
             Ok(AccountId::new(d.identity_id.clone()))
         }
         async fn remove(&self, _: Option<&AccountId>, _: &DesiredAccount) -> Result<(), AdapterError> {
@@ -441,5 +508,9 @@ async fn two_nodes_share_a_postgres_queue() {
         assert_eq!(rows.len(), 120);
         rows.iter().map(|r| r.attempts.to_string()).collect()
     };
-    assert_eq!(owners, ["1".to_string()].into_iter().collect(), "no row needed a second attempt");
+    assert_eq!(
+        owners,
+        ["1".to_string()].into_iter().collect(),
+        "no row needed a second attempt"
+    );
 }

@@ -122,7 +122,10 @@ async fn count_by_user_name(a: &dyn Adapter, fx: &Fixture, user_name: &str) -> R
         n += page
             .accounts
             .iter()
-            .filter(|acc| acc.attr(&fx.user_name_attr).is_some_and(|v| v.eq_ignore_ascii_case(user_name)))
+            .filter(|acc| {
+                acc.attr(&fx.user_name_attr)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(user_name))
+            })
             .count();
         match page.next {
             Some(c) => cursor = Some(c),
@@ -147,10 +150,16 @@ pub async fn run(a: &dyn Adapter, fx: &Fixture) -> Result<Report, Failure> {
     let id = a.apply(None, &d).await.map_err(at("create"))?;
     let acc = must_get(a, "create", Some(&id), &d).await?;
     if caps.disable && acc.enabled != Some(true) {
-        return Err(fail("create", format!("a new enabled account reads as {:?}", acc.enabled)));
+        return Err(fail(
+            "create",
+            format!("a new enabled account reads as {:?}", acc.enabled),
+        ));
     }
     if caps.groups && managed_held(&acc, fx) != lower(&[e1]) {
-        return Err(fail("create", format!("entitlements read back as {:?}", acc.entitlements)));
+        return Err(fail(
+            "create",
+            format!("entitlements read back as {:?}", acc.entitlements),
+        ));
     }
     report.steps.push("create");
 
@@ -176,7 +185,11 @@ pub async fn run(a: &dyn Adapter, fx: &Fixture) -> Result<Report, Failure> {
     if acc.attr(&fx.family_name_attr) != Some("Two") {
         return Err(fail(
             "update",
-            format!("{} reads {:?}, not Two", fx.family_name_attr, acc.attr(&fx.family_name_attr)),
+            format!(
+                "{} reads {:?}, not Two",
+                fx.family_name_attr,
+                acc.attr(&fx.family_name_attr)
+            ),
         ));
     }
     report.steps.push("update");
@@ -186,13 +199,19 @@ pub async fn run(a: &dyn Adapter, fx: &Fixture) -> Result<Report, Failure> {
         a.apply(Some(&id), &d).await.map_err(at("grant"))?;
         let acc = must_get(a, "grant", Some(&id), &d).await?;
         if managed_held(&acc, fx) != lower(&[e1, e2]) {
-            return Err(fail("grant", format!("entitlements read back as {:?}", acc.entitlements)));
+            return Err(fail(
+                "grant",
+                format!("entitlements read back as {:?}", acc.entitlements),
+            ));
         }
         let d = desired(fx, &uid, &un, "Two", &[e2], true);
         a.apply(Some(&id), &d).await.map_err(at("revoke"))?;
         let acc = must_get(a, "revoke", Some(&id), &d).await?;
         if managed_held(&acc, fx) != lower(&[e2]) {
-            return Err(fail("revoke", format!("entitlements read back as {:?}", acc.entitlements)));
+            return Err(fail(
+                "revoke",
+                format!("entitlements read back as {:?}", acc.entitlements),
+            ));
         }
         report.steps.push("grant and revoke");
     }
@@ -202,7 +221,10 @@ pub async fn run(a: &dyn Adapter, fx: &Fixture) -> Result<Report, Failure> {
         a.apply(Some(&id), &d).await.map_err(at("disable"))?;
         let acc = must_get(a, "disable", Some(&id), &d).await?;
         if acc.enabled != Some(false) {
-            return Err(fail("disable", format!("a disabled account reads as {:?}", acc.enabled)));
+            return Err(fail(
+                "disable",
+                format!("a disabled account reads as {:?}", acc.enabled),
+            ));
         }
         // Disabling twice is fine.
         a.apply(Some(&id), &d).await.map_err(at("disable"))?;
@@ -210,7 +232,10 @@ pub async fn run(a: &dyn Adapter, fx: &Fixture) -> Result<Report, Failure> {
         a.apply(Some(&id), &d).await.map_err(at("enable"))?;
         let acc = must_get(a, "enable", Some(&id), &d).await?;
         if acc.enabled != Some(true) {
-            return Err(fail("enable", format!("a re-enabled account reads as {:?}", acc.enabled)));
+            return Err(fail(
+                "enable",
+                format!("a re-enabled account reads as {:?}", acc.enabled),
+            ));
         }
         report.steps.push("disable and enable");
     }
@@ -229,9 +254,14 @@ pub async fn run(a: &dyn Adapter, fx: &Fixture) -> Result<Report, Failure> {
     }
     // A wildcard must not match the other account.
     let star = format!("{}*", fx.prefix);
-    let n = count_by_user_name(a, fx, &star).await.map_err(at("special characters"))?;
+    let n = count_by_user_name(a, fx, &star)
+        .await
+        .map_err(at("special characters"))?;
     if n != 0 {
-        return Err(fail("special characters", format!("a search for {star:?} matched {n} accounts")));
+        return Err(fail(
+            "special characters",
+            format!("a search for {star:?} matched {n} accounts"),
+        ));
     }
     report.steps.push("special characters");
 
@@ -252,7 +282,11 @@ pub async fn run(a: &dyn Adapter, fx: &Fixture) -> Result<Report, Failure> {
         if page.accounts.len() > 1 {
             return Err(fail("search", format!("limit 1 gave {} accounts", page.accounts.len())));
         }
-        seen.extend(page.accounts.iter().filter_map(|a| a.attr(&fx.user_name_attr).map(str::to_string)));
+        seen.extend(
+            page.accounts
+                .iter()
+                .filter_map(|a| a.attr(&fx.user_name_attr).map(str::to_string)),
+        );
         match page.next {
             Some(c) if pages < 100_000 => cursor = Some(c),
             _ => break,

@@ -39,7 +39,9 @@ fn bad(path: &str, reason: &str) -> PathError {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '$')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '$')
 }
 
 impl Path {
@@ -295,12 +297,22 @@ mod tests {
         assert_eq!(lookup(&u, &format!("{ent}:department")).as_deref(), Some("R&D"));
         assert_eq!(lookup(&u, &format!("{ent}:manager.value")).as_deref(), Some("m1"));
         assert_eq!(lookup(&u, "title"), None);
-        assert_eq!(Path::parse("emails").map(|p| p.texts(&u)), Ok(vec!["home@x".into(), "ada@x".into()]));
+        assert_eq!(
+            Path::parse("emails").map(|p| p.texts(&u)),
+            Ok(vec!["home@x".into(), "ada@x".into()])
+        );
     }
 
     #[test]
     fn bad_paths_are_refused() {
-        for p in ["", "a b", "emails[type]", "emails[type eq x]", "a.b.c", "emails[type eq \"w\""] {
+        for p in [
+            "",
+            "a b",
+            "emails[type]",
+            "emails[type eq x]",
+            "a.b.c",
+            "emails[type eq \"w\"",
+        ] {
             assert!(Path::parse(p).is_err(), "{p}");
         }
     }
@@ -308,7 +320,10 @@ mod tests {
     #[test]
     fn templates_escape_every_value() {
         let t = Template::parse("uid={userName},ou={{people}}").expect("parse");
-        assert_eq!(t.render(&user(), |v| v.to_uppercase()).expect("render"), "uid=ADA,ou={people}");
+        assert_eq!(
+            t.render(&user(), |v| v.to_uppercase()).expect("render"),
+            "uid=ADA,ou={people}"
+        );
         assert_eq!(t.paths().collect::<Vec<_>>(), vec!["userName"]);
         let missing = Template::parse("cn={title}").expect("parse");
         let e = missing.render(&user(), str::to_string).expect_err("missing");

@@ -514,7 +514,13 @@ fn build(raw: RawPolicy, rep: &mut Reporter<'_>) -> Option<Policy> {
                     "give revoke_delay_hours or revoke_delay_minutes, not both".to_string(),
                 );
             }
-            bounded(rep, Some(m), "lifecycle.revoke_delay_minutes", 0..MAX_HOURS * 60 + 1, 24 * 60)
+            bounded(
+                rep,
+                Some(m),
+                "lifecycle.revoke_delay_minutes",
+                0..MAX_HOURS * 60 + 1,
+                24 * 60,
+            )
         }
         None => {
             bounded(

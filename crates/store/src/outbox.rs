@@ -342,12 +342,13 @@ impl OutboxStore for SqlStore {
     }
 
     async fn target_account(&self, tenant: &str, identity: &str, target: &str) -> Result<Option<String>, StoreError> {
-        let r = sqlx::query("SELECT account FROM target_accounts WHERE tenant = $1 AND identity_id = $2 AND target = $3")
-            .bind(tenant)
-            .bind(identity)
-            .bind(target)
-            .fetch_optional(self.pool())
-            .await?;
+        let r =
+            sqlx::query("SELECT account FROM target_accounts WHERE tenant = $1 AND identity_id = $2 AND target = $3")
+                .bind(tenant)
+                .bind(identity)
+                .bind(target)
+                .fetch_optional(self.pool())
+                .await?;
         Ok(match r {
             Some(r) => Some(r.try_get("account")?),
             None => None,

@@ -93,16 +93,42 @@ impl TempDb {
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
         let out = if self.url.starts_with("postgres") {
             Command::new("psql")
-                .args([self.url.as_str(), "-v", "ON_ERROR_STOP=1", "-AtF", "\t", "-P", "null=NULL", "-c", sql])
+                .args([
+                    self.url.as_str(),
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-AtF",
+                    "\t",
+                    "-P",
+                    "null=NULL",
+                    "-c",
+                    sql,
+                ])
                 .output()
         } else {
             let (_, port) = mysql_server();
             Command::new("mariadb")
-                .args(["-h", "127.0.0.1", "-P", &port, "-u", "root", "-N", "-B", &self.name, "-e", sql])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-P",
+                    &port,
+                    "-u",
+                    "root",
+                    "-N",
+                    "-B",
+                    &self.name,
+                    "-e",
+                    sql,
+                ])
                 .output()
         }
         .unwrap_or_else(|e| panic!("cannot run the database CLI: {e}"));
-        assert!(out.status.success(), "query failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "query failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.is_empty())
