@@ -23,6 +23,9 @@ use scimgate_testkit::slapd::Slapd;
 
 const SUFFIX: &str = "dc=example,dc=com";
 const ADMIN_TOKEN: &str = "provisioning-admin-token-0123456789";
+const DORA_PASSWORD: &str = "Dora-Pa55word-7Qx";
+/// 32 bytes, base64: the key that seals passwords in the outbox.
+const OUTBOX_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 fn policy(revoke_minutes: u32) -> String {
     format!(
@@ -138,6 +141,8 @@ struct Tuning {
     revoke_minutes: u32,
     outbox: String,
     directory: String,
+    /// Extra keys for `[targets.ldap]`.
+    ldap: String,
 }
 
 impl Default for Tuning {
@@ -146,6 +151,7 @@ impl Default for Tuning {
             revoke_minutes: 24 * 60,
             outbox: "poll_ms = 100\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n".into(),
             directory: String::new(),
+            ldap: String::new(),
         }
     }
 }
@@ -193,6 +199,7 @@ key = {{ attribute = "uid", value = "{{userName}}" }}
 object_classes = ["top", "person", "organizationalPerson", "inetOrgPerson"]
 disable = {{ mode = "ppolicy" }}
 groups = {{ placeholder_member = "cn=nobody" }}
+{ldap_extra}
 [targets.ldap.attributes]
 cn = "{{name.givenName}} {{name.familyName}}"
 sn = "name.familyName"
@@ -232,6 +239,7 @@ group_ref = "id"
         outbox = tuning.outbox,
         admin_hash = sha256_hex(ADMIN_TOKEN),
         directory = tuning.directory,
+        ldap_extra = tuning.ldap,
         ldap_url = slapd.url,
         root_dn = slapd.root_dn,
         pw_file = pw_file.display(),
@@ -785,7 +793,9 @@ async fn dead_letters_from_the_cli() {
         Backend::Sqlite,
         Tuning {
             directory: "max_attempts = 1\n".into(),
-            outbox: "poll_ms = 100\nbreaker_failures = 1000\n".into(),
+            outbox: format!("poll_ms = 100\nbreaker_failures = 1000\nsecret_key = \"{OUTBOX_KEY}\"\n"),
+            // slapd here speaks plain LDAP; the adapter refuses passwords without TLS unless told otherwise.
+            ldap: "allow_plaintext_passwords = true\n".into(),
             ..Tuning::default()
         },
     )
@@ -812,7 +822,9 @@ async fn dead_letters_from_the_cli() {
     );
 
     w.slapd.stop();
-    let (code, body) = w.gw.call("POST", "/Users", Some(&user("dora", "Sales"))).await;
+    let mut dora = user("dora", "Sales");
+    dora["password"] = json!(DORA_PASSWORD);
+    let (code, body) = w.gw.call("POST", "/Users", Some(&dora)).await;
     assert_eq!(code, 201, "{body}");
     let dead = eventually(30, "a dead letter", || {
         let (_, out, _) = cli(&["outbox", "list", "--tenant", "default"]);
@@ -832,6 +844,21 @@ async fn dead_letters_from_the_cli() {
         "{shown}"
     );
     assert!(!out.contains(&w.slapd.root_pw), "no secret in the output");
+    assert_eq!(
+        shown["has_secret"], true,
+        "the dead letter keeps its sealed password for the replay"
+    );
+    assert!(!out.contains(DORA_PASSWORD));
+    let db = std::fs::read(w.gw.dir.path().join("scimgate.db")).expect("db");
+    let wal = std::fs::read(w.gw.dir.path().join("scimgate.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes
+                .windows(DORA_PASSWORD.len())
+                .any(|win| win == DORA_PASSWORD.as_bytes()),
+            "the password is never stored in clear"
+        );
+    }
 
     w.slapd.start_again();
     let (ok, out, err) = cli(&["outbox", "replay", "--tenant", "default", "--all"]);
@@ -847,6 +874,24 @@ async fn dead_letters_from_the_cli() {
     .await;
     let (ok, out, _) = cli(&["outbox", "list", "--tenant", "default"]);
     assert!(ok && out.trim().is_empty(), "no dead letter left: {out}");
+    // The sealed password reached slapd: dora binds with it; and the delivered row holds no secret any more.
+    let bind = std::process::Command::new("ldapwhoami")
+        .args([
+            "-x",
+            "-H",
+            &w.slapd.url,
+            "-D",
+            &format!("uid=dora,ou=people,{SUFFIX}"),
+            "-w",
+            DORA_PASSWORD,
+        ])
+        .output()
+        .expect("ldapwhoami");
+    assert!(bind.status.success(), "{}", String::from_utf8_lossy(&bind.stderr));
+    let (_, out, _) = cli(&["outbox", "show", "--tenant", "default", &id]);
+    let shown: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["status"], "done");
+    assert_eq!(shown["has_secret"], false, "cleared once delivered");
 
     let (ok, out, err) = cli(&["audit", "verify"]);
     assert!(ok, "{out}{err}");
