@@ -5,9 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,77 +16,20 @@ use axum::response::{IntoResponse, Response};
 use scimgate_adapter_rest::{Config, RestAdapter};
 use scimgate_adapter_sdk::compliance::{self, Fixture, user_doc};
 use scimgate_adapter_sdk::{AccountId, Adapter, DesiredAccount, ErrorKind};
+use scimgate_testkit::json_server::JsonServer;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------------------------
 // json-server
 
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
+/// Reads of json-server over HTTP (not through the adapter).
+trait Reads {
+    /// The users as json-server stores them.
+    async fn users(&self) -> Vec<Value>;
+    async fn user_named(&self, user_name: &str) -> Option<Value>;
 }
 
-/// `npm ci` once per test binary when node_modules is missing; a failure is loud.
-fn json_server_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = node_dir();
-        let bin = dir.join("node_modules/.bin/json-server");
-        if !bin.exists() {
-            let npm = scimgate_testkit::require("npm", "npm");
-            let st = Command::new(npm)
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir)
-                .status()
-                .unwrap_or_else(|e| panic!("npm ci in {} could not run: {e}", dir.display()));
-            assert!(
-                st.success(),
-                "npm ci in {} failed ({st}): json-server is needed for these tests",
-                dir.display()
-            );
-        }
-        assert!(bin.exists(), "{} is missing after npm ci", bin.display());
-        bin
-    })
-    .clone()
-}
-
-struct JsonServer {
-    child: Child,
-    port: u16,
-    db: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl JsonServer {
-    fn start() -> JsonServer {
-        let bin = json_server_bin();
-        let node = scimgate_testkit::require("node", "nodejs");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("db.json");
-        std::fs::write(&db, r#"{"users": []}"#).expect("db.json");
-        let port = scimgate_testkit::free_port();
-        let child = Command::new(node)
-            .arg(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--quiet"])
-            .arg(&db)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("json-server could not start: {e}"));
-        scimgate_testkit::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20), "json-server");
-        JsonServer {
-            child,
-            port,
-            db,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The users as json-server stores them, read over HTTP (not through the adapter).
+impl Reads for JsonServer {
     async fn users(&self) -> Vec<Value> {
         let v: Value = reqwest::get(format!("{}/users", self.url()))
             .await
@@ -100,13 +42,6 @@ impl JsonServer {
 
     async fn user_named(&self, user_name: &str) -> Option<Value> {
         self.users().await.into_iter().find(|u| u["userName"] == user_name)
-    }
-}
-
-impl Drop for JsonServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -136,7 +71,7 @@ fn example_config(url: &str, host: &str) -> Config {
 }
 
 fn adapter_for(js: &JsonServer) -> RestAdapter {
-    RestAdapter::new(example_config(&js.url(), &format!("127.0.0.1:{}", js.port))).expect("adapter")
+    RestAdapter::new(example_config(&js.url(), &js.host())).expect("adapter")
 }
 
 fn desired(id: &str, user_name: &str, ents: &[&str], enabled: bool) -> DesiredAccount {
@@ -210,7 +145,7 @@ async fn joiner_and_leaver_land_in_json_server() {
     assert_eq!(u["active"], false);
     assert_eq!(u["groups"], json!(["local-only"]), "managed values go, others stay");
     // The file json-server persists holds the same.
-    let db: Value = serde_json::from_str(&std::fs::read_to_string(&js.db).expect("db.json")).expect("json");
+    let db: Value = serde_json::from_str(&js.read_db()).expect("json");
     assert!(
         db["users"]
             .as_array()

@@ -4,63 +4,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
 use scimgate_adapter_scim::{Config, ScimAdapter};
 use scimgate_adapter_sdk::compliance::{self, Fixture, user_doc};
 use scimgate_adapter_sdk::{AccountId, Adapter, DesiredAccount};
+use scimgate_testkit::scim2_server::{Scim2Server, TOKEN};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "downstream-test-token";
-
+/// The server (crates/testkit) and direct reads of it over HTTP.
 struct ScimServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-    token_file: PathBuf,
+    server: Scim2Server,
     http: reqwest::Client,
 }
 
 impl ScimServer {
     fn start() -> ScimServer {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/.venv/bin/scim2-server");
-        assert!(
-            bin.exists(),
-            "{} is missing: these tests run the real scim2-server from PyPI. Run scripts/test.sh (it builds the venv), \
-             or `python3 -m venv conformance/.venv && conformance/.venv/bin/pip install -r conformance/requirements.txt`",
-            bin.display()
-        );
-        let port = scimgate_testkit::free_port();
-        let child = Command::new(&bin)
-            .args([
-                "--hostname",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--bearer-token",
-                TOKEN,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("scim2-server could not start: {e}"));
-        scimgate_testkit::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(30), "scim2-server");
-        let dir = tempfile::tempdir().expect("tmp");
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
         ScimServer {
-            child,
-            port,
-            _dir: dir,
-            token_file,
+            server: Scim2Server::start(),
             http: reqwest::Client::new(),
         }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// Read the server directly (not through the adapter).
@@ -151,7 +118,7 @@ impl ScimServer {
         let auth = scim.get_mut("auth").and_then(|a| a.as_table_mut()).expect("auth");
         auth.insert(
             "token_file".into(),
-            toml::Value::String(self.token_file.display().to_string()),
+            toml::Value::String(self.server.token_file.display().to_string()),
         );
         toml::Value::Table(scim.clone())
             .try_into()
@@ -160,13 +127,6 @@ impl ScimServer {
 
     fn adapter(&self) -> ScimAdapter {
         ScimAdapter::new(self.config()).expect("adapter")
-    }
-}
-
-impl Drop for ScimServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

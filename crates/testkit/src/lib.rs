@@ -7,10 +7,14 @@
 //! - [`slapd`]: OpenLDAP with memberof and ppolicy, a suffix, a root DN;
 //! - [`samba`]: a Samba Active Directory domain controller on its own loopback address, LDAPS;
 //! - [`sshd`]: OpenSSH with internal-sftp, a temporary host key and user key;
-//! - [`db`]: uniquely named PostgreSQL and MariaDB databases, dropped on drop.
+//! - [`db`]: uniquely named PostgreSQL and MariaDB databases, dropped on drop;
+//! - [`json_server`]: npm json-server 0.17.4 serving a temporary db.json;
+//! - [`scim2_server`]: the PyPI scim2-server from the conformance venv, with a bearer token.
 
 pub mod db;
+pub mod json_server;
 pub mod samba;
+pub mod scim2_server;
 pub mod slapd;
 pub mod sshd;
 
@@ -36,6 +40,23 @@ pub fn wait_port(addr: &str, timeout: Duration, what: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("{what} did not start listening on {addr} within {timeout:?}");
+}
+
+/// Wait until `child` accepts TCP connections on 127.0.0.1:`port`; panic at once when it exits, or after
+/// `timeout`.
+pub fn wait_child(child: &mut std::process::Child, port: u16, timeout: Duration, what: &str) {
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start ({status})");
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{what} did not start listening on {addr} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The path of a program the test needs, or a loud panic naming the Debian package that provides it.
