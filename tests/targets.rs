@@ -677,11 +677,31 @@ fn check_accepts_the_target_examples() {
         ],
     );
     let scim = scim_target(&format!("http://127.0.0.1:{p2}"), &token_file);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "example-secret\n").expect("secret");
+    let db_url = dir.path().join("db-url");
+    std::fs::write(&db_url, "mysql://scimgate@127.0.0.1:3306/crm\n").expect("db url");
+    let ca = dir.path().join("ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["ldap.example.com".to_string()]).expect("cert");
+    std::fs::write(&ca, cert.cert.pem()).expect("ca");
+    let tls = format!("{{ ca_file = {} }}", q(&ca.display().to_string()));
+    let ldap = example(
+        "ldap-openldap.toml",
+        &[
+            ("bind_password_file", q(&secret.display().to_string())),
+            ("tls", tls.clone()),
+        ],
+    );
+    let ad = example(
+        "ldap-ad.toml",
+        &[("bind_password_file", q(&secret.display().to_string())), ("tls", tls)],
+    );
+    let sql = example("sql-legacy.toml", &[("url_file", q(&db_url.display().to_string()))]);
     let config = dir.path().join("scimgate.toml");
     std::fs::write(
         &config,
         format!(
-            "[store]\nurl = \"sqlite://{}/x.db\"\n[scim]\nschemas_dir = {}\n\n{file}\n{rest}\n{scim}\n\
+            "[store]\nurl = \"sqlite://{}/x.db\"\n[scim]\nschemas_dir = {}\n\n{file}\n{rest}\n{scim}\n{ldap}\n{ad}\n{sql}\n\
              [[tenants]]\nid = \"t\"\nbase_path = \"/scim/v2\"\ntokens = [{{ env = \"TARGETS_TEST_TOKEN\" }}]\n",
             dir.path().display(),
             q(&common::repo_root().join("schemas").display().to_string()),
@@ -700,6 +720,9 @@ fn check_accepts_the_target_examples() {
         "target ok: payroll-export (file)",
         "target ok: crm (rest)",
         "target ok: downstream-app (scim)",
+        "target ok: directory (ldap)",
+        "target ok: ad (ldap)",
+        "target ok: crm-legacy (sql)",
     ] {
         assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
     }
