@@ -783,7 +783,10 @@ async fn slapd_outage_alerts_drains_and_replays() {
             .await;
         assert_eq!(code, 200, "{body}");
         // Back in the queue; a worker may already have taken it by the time the answer is written.
-        assert!(["pending", "running", "done"].contains(&body["status"].as_str().unwrap_or("")), "{body}");
+        assert!(
+            ["pending", "running", "done"].contains(&body["status"].as_str().unwrap_or("")),
+            "{body}"
+        );
     }
     let everyone: BTreeSet<String> = first.iter().chain(during.iter()).cloned().collect();
     eventually(60, "replayed dead letters delivered", || {

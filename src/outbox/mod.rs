@@ -102,6 +102,8 @@ pub struct Outbox {
     sealer: Option<Sealer>,
     alerter: Alerter,
     snapshots: Vec<(String, Arc<scimgate_adapter_file::FileAdapter>)>,
+    /// When expired leases were last reclaimed (ms since the epoch).
+    last_reclaim: std::sync::atomic::AtomicI64,
 }
 
 fn now_ts() -> String {
@@ -154,6 +156,7 @@ impl Outbox {
             sealer,
             alerter,
             snapshots,
+            last_reclaim: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -208,8 +211,23 @@ impl Outbox {
         })
     }
 
-    /// One pass over the targets: claim what each has room for and start it.
+    /// One pass over the targets: claim what each has room for and start it. At most once a second, rows whose
+    /// lease ran out (a worker that died, here or on another node) go back to pending first.
     pub async fn round(self: &Arc<Self>) {
+        let now_ms = Utc::now().timestamp_millis();
+        let last = self.last_reclaim.load(Ordering::Relaxed);
+        if now_ms - last >= 1000
+            && self
+                .last_reclaim
+                .compare_exchange(last, now_ms, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            match self.store.reclaim_expired(&now_ts()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(rows = n, "outbox leases ran out; the rows are queued again"),
+                Err(e) => tracing::warn!(error = %e, "reclaiming expired outbox leases failed"),
+            }
+        }
         for t in self.targets.values() {
             let open = t
                 .breaker
@@ -231,10 +249,10 @@ impl Outbox {
                 continue;
             }
             let lease_until = later(Duration::from_secs(self.cfg.lease_secs));
-            let now = now_ts();
-            let mut claimed = match self
+            // One claim: leavers' locks come first in its order.
+            let claimed = match self
                 .store
-                .claim(&t.id, &self.owner, &now, &lease_until, free, true)
+                .claim(&t.id, &self.owner, &now_ts(), &lease_until, free, false)
                 .await
             {
                 Ok(c) => c,
@@ -243,16 +261,6 @@ impl Outbox {
                     continue;
                 }
             };
-            if claimed.len() < free {
-                match self
-                    .store
-                    .claim(&t.id, &self.owner, &now, &lease_until, free - claimed.len(), false)
-                    .await
-                {
-                    Ok(more) => claimed.extend(more),
-                    Err(e) => tracing::warn!(target_id = %t.id, error = %e, "outbox claim failed"),
-                }
-            }
             for e in claimed {
                 let Ok(permit) = t.permits.clone().try_acquire_owned() else {
                     // Cannot happen (we claimed no more than the free permits); the lease expires and the row

@@ -30,9 +30,14 @@ CREATE TABLE outbox (
     done_at     TEXT,
     PRIMARY KEY (tenant, id)
 );
-CREATE INDEX outbox_ready ON outbox (target, status, priority, next_at);
+-- The claim: a target's pending rows, leavers' locks first, then oldest first, read in index order.
+CREATE INDEX outbox_ready ON outbox (target, status, priority DESC, created, id);
+-- Order within an identity and target (the claim's head-of-line check, supersession).
 CREATE INDEX outbox_order ON outbox (tenant, identity_id, target, seq, item_no);
-CREATE INDEX outbox_status ON outbox (tenant, status, created);
+-- Listings (dead letters) in id order.
+CREATE INDEX outbox_status ON outbox (tenant, status, id);
+-- Leases that ran out (their worker died).
+CREATE INDEX outbox_lease ON outbox (status, lease_until);
 
 -- The account each identity holds on each target, as the adapter last reported it (a DN plus an entryUUID, say).
 CREATE TABLE target_accounts (

@@ -86,8 +86,8 @@ pub struct OutboxFilter {
 
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
-    /// Lease up to `limit` ready rows of `target` to `owner` until `lease_until`, leavers' locks first, then oldest
-    /// first. `priority_only` claims only locks. Claiming counts an attempt.
+    /// Lease up to `limit` ready (pending, due, first in line) rows of `target` to `owner` until `lease_until`,
+    /// leavers' locks first, then oldest first. `priority_only` claims only locks. Claiming counts an attempt.
     async fn claim(
         &self,
         target: &str,
@@ -119,6 +119,8 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn outbox_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
     /// The oldest `next_at` of a pending row per target: how far behind each target is.
     async fn outbox_oldest(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Put rows whose lease ran out (their worker died or hung) back to pending. Returns how many.
+    async fn reclaim_expired(&self, now: &str) -> Result<u64, StoreError>;
     /// Return every running row leased by anyone to pending (a single SQLite process starting up: whoever held
     /// those leases is gone). Returns how many.
     async fn release_leases(&self, now: &str) -> Result<u64, StoreError>;
@@ -155,6 +157,39 @@ fn row(r: &AnyRow) -> Result<OutboxEntry, StoreError> {
 }
 
 /// Insert the outbox rows of one identity's effects. `seq` is the identity-state version the effects wrote.
+pub(crate) const INSERT_HEAD: &str = "INSERT INTO outbox (tenant, id, identity_id, target, seq, item_no, plan_id, \
+     operation, priority, payload, secret, status, attempts, next_at, created, updated)";
+pub(crate) const INSERT_WIDTH: usize = 16;
+
+/// The values of one outbox row, in [`INSERT_HEAD`] order.
+pub(crate) fn insert_args<'a>(
+    tenant: &'a str,
+    identity: &'a str,
+    seq: i64,
+    now: &'a str,
+    o: &'a OutboxNew,
+) -> Vec<crate::sql::Arg<'a>> {
+    use crate::sql::Arg::{Int, Text};
+    vec![
+        Text(Some(tenant)),
+        Text(Some(&o.id)),
+        Text(Some(identity)),
+        Text(Some(&o.target)),
+        Int(seq),
+        Int(o.item_no),
+        Text(o.plan_id.as_deref()),
+        Text(Some(&o.operation)),
+        Int(o.priority),
+        Text(Some(&o.payload)),
+        Text(o.secret.as_deref()),
+        Text(Some("pending")),
+        Int(0),
+        Text(Some(now)),
+        Text(Some(now)),
+        Text(Some(now)),
+    ]
+}
+
 pub(crate) async fn insert(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     tenant: &str,
@@ -163,27 +198,11 @@ pub(crate) async fn insert(
     now: &str,
     rows: &[OutboxNew],
 ) -> Result<(), StoreError> {
-    for o in rows {
-        sqlx::query(
-            "INSERT INTO outbox (tenant, id, identity_id, target, seq, item_no, plan_id, operation, priority, payload, \
-             secret, status, attempts, next_at, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, $12, $12)",
-        )
-        .bind(tenant)
-        .bind(&o.id)
-        .bind(identity)
-        .bind(&o.target)
-        .bind(seq)
-        .bind(o.item_no)
-        .bind(o.plan_id.as_deref())
-        .bind(&o.operation)
-        .bind(o.priority)
-        .bind(&o.payload)
-        .bind(o.secret.as_deref())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
+    let args: Vec<_> = rows
+        .iter()
+        .map(|o| insert_args(tenant, identity, seq, now, o))
+        .collect();
+    crate::sql::insert_rows(tx, INSERT_HEAD, "", INSERT_WIDTH, &args).await?;
     Ok(())
 }
 
@@ -201,8 +220,9 @@ impl OutboxStore for SqlStore {
         if limit == 0 {
             return Ok(vec![]);
         }
-        // Ready: pending and due, or running with an expired lease (its worker died); and nothing older for the
-        // same identity and target still waits.
+        // Ready: pending and due, and nothing older for the same identity and target still waits. Rows whose
+        // lease ran out are put back to pending by `reclaim_expired` first. The scan follows `outbox_ready`
+        // (target, status, priority DESC, created, id), so it reads only this target's pending rows, in order.
         let lock = if self.dialect() == Dialect::Postgres {
             " FOR UPDATE SKIP LOCKED"
         } else {
@@ -212,9 +232,8 @@ impl OutboxStore for SqlStore {
         let sql = format!(
             "UPDATE outbox SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, \
              updated = $3 WHERE (tenant, id) IN (\
-               SELECT o.tenant, o.id FROM outbox o WHERE o.target = $4 AND (\
-                 (o.status = 'pending' AND o.next_at <= $3) OR (o.status = 'running' AND o.lease_until < $3))\
-                 {prio} AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.tenant = o.tenant \
+               SELECT o.tenant, o.id FROM outbox o WHERE o.target = $4 AND o.status = 'pending' \
+                 AND o.next_at <= $3{prio} AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.tenant = o.tenant \
                    AND p.identity_id = o.identity_id AND p.target = o.target \
                    AND (p.seq < o.seq OR (p.seq = o.seq AND p.item_no < o.item_no)) \
                    AND (p.status = 'pending' OR p.status = 'running')) \
@@ -426,6 +445,17 @@ impl OutboxStore for SqlStore {
             .iter()
             .map(|r| Ok((r.try_get("target")?, r.try_get("oldest")?)))
             .collect()
+    }
+
+    async fn reclaim_expired(&self, now: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE outbox SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated = $1 \
+             WHERE status = 'running' AND lease_until < $1",
+        )
+        .bind(now)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
     }
 
     async fn release_leases(&self, now: &str) -> Result<u64, StoreError> {
