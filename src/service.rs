@@ -314,6 +314,24 @@ impl ScimService {
                 }
             }
         }
+        let (id, w) = self.new_write(cx, kind, doc, password, &members).await?;
+        let stored = self.store.create(tenant, kind, &id, w, &members).await?;
+        tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
+        self.output(cx, kind, &stored, proj, StatusCode::CREATED).await
+    }
+
+    /// What creating a new resource writes: a fresh id, the lifecycle effects (users: the policy decision;
+    /// groups: the membership effects), the password sealed into the outbox rows, the request's audit record.
+    async fn new_write(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        doc: Map<String, Value>,
+        password: Option<(String, Secret)>,
+        members: &[scimgate_scim::patch::Member],
+    ) -> Result<(String, Write), ApiError> {
+        let tenant = &cx.tenant.id;
+        let attrs = attribute_names(&doc);
         let id = uuid::Uuid::now_v7().to_string();
         let effects = match kind {
             ResourceKind::User => self
@@ -334,13 +352,14 @@ impl ScimService {
             ResourceKind::Group => {
                 let name = doc.get("displayName").and_then(Value::as_str);
                 Some(
-                    self.membership_effects(tenant, None, None, name, &[MemberOp::Add(members.clone())])
+                    self.membership_effects(tenant, None, None, name, &[MemberOp::Add(members.to_vec())])
                         .await?,
                 )
             }
         }
         .unwrap_or_default();
-        let effects = self.seal_secrets(&cx.tenant.id, effects, password.as_ref().map(|(_, p)| p));
+        let (password_hash, secret) = password.unzip();
+        let effects = self.seal_secrets(tenant, effects, secret.as_ref());
         let audit = vec![request_audit(cx, "create", kind, &id, attrs)];
         let w = Write {
             doc,
@@ -349,9 +368,7 @@ impl ScimService {
             effects,
             audit,
         };
-        let stored = self.store.create(tenant, kind, &id, w, &members).await?;
-        tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
-        self.output(cx, kind, &stored, proj, StatusCode::CREATED).await
+        Ok((id, w))
     }
 
     fn member_ops(&self, members: Value) -> Result<Vec<MemberOp>, ApiError> {
@@ -873,37 +890,109 @@ impl ScimService {
             let err = ApiError::Protocol(ProtocolError::Conflict("circular bulkId references".into()));
             results[i] = Some(op_result(op, None, None, Err(err)));
         }
-        let mut ids: HashMap<String, String> = HashMap::new();
-        let mut errors = 0usize;
+        let mut run = BulkRun {
+            fail_on_errors: req.fail_on_errors,
+            ids: HashMap::new(),
+            errors: 0,
+            results,
+        };
+        // Consecutive `POST /Users` without bulkId references are prepared one by one (schema, password, policy
+        // decision, audit record: what `create` does before its store call) and committed together, up to
+        // BULK_BATCH at a time, in one transaction. Every other operation, a rehire, and an operation that fails
+        // before the store, runs alone, after the batch before it has committed: the order is the request's.
+        let mut batch: Vec<(usize, String, Write)> = Vec::new();
         for i in order {
-            if req.fail_on_errors.is_some_and(|max| errors >= max) {
+            if run.stopped() {
                 break;
             }
             let op = &req.ops[i];
-            let outcome = self.bulk_one(cx, op, &ids).await;
-            if let Ok((_, Some(id), _)) = &outcome
-                && let Some(b) = &op.bulk_id
-            {
-                ids.insert(b.clone(), id.clone());
-            }
-            if outcome.is_err() {
-                errors += 1;
-            }
-            let (location, version) = match &outcome {
-                Ok((_, _, o)) => (o.location.clone(), o.etag.clone()),
-                // RFC 7644 §3.7.3: every result but a failed POST carries the resource's location.
-                Err(_) if op.method != Method::Post => {
-                    let path = bulk::substitute_path(&op.path, &ids).unwrap_or_else(|_| op.path.clone());
-                    (Some(format!("{}/{}", cx.base_url, path.trim_start_matches('/'))), None)
+            let single = if batchable(op) {
+                match self.prepare_create(cx, op).await {
+                    Ok(Some((id, w))) => {
+                        batch.push((i, id, w));
+                        if batch.len() >= BULK_BATCH {
+                            self.commit_batch(cx, &req.ops, std::mem::take(&mut batch), &mut run)
+                                .await;
+                        }
+                        continue;
+                    }
+                    // A rehire: the single path takes it.
+                    Ok(None) => None,
+                    Err(e) => Some(e),
                 }
-                Err(_) => (None, None),
+            } else {
+                None
             };
-            results[i] = Some(op_result(op, location, version, outcome.map(|(s, _, _)| s)));
+            self.commit_batch(cx, &req.ops, std::mem::take(&mut batch), &mut run)
+                .await;
+            if run.stopped() {
+                break;
+            }
+            let outcome = match single {
+                Some(e) => Err(e),
+                None => self.bulk_one(cx, op, &run.ids).await,
+            };
+            run.record(cx, i, op, outcome);
         }
+        self.commit_batch(cx, &req.ops, batch, &mut run).await;
         Ok(json!({
             "schemas": [BULK_RESPONSE_URN],
-            "Operations": results.into_iter().flatten().collect::<Vec<_>>(),
+            "Operations": run.results.into_iter().flatten().collect::<Vec<_>>(),
         }))
+    }
+
+    /// A Bulk `POST /Users` up to its store call: `Ok(None)` if it is a rehire (the single path takes it).
+    async fn prepare_create(&self, cx: &Ctx, op: &bulk::BulkOp) -> Result<Option<(String, Write)>, ApiError> {
+        let kind = ResourceKind::User;
+        let body = op.data.clone().unwrap_or(Value::Null);
+        let mut doc = normalize(&self.reg, kind, body, Mode::Create)?;
+        let password = self.take_password(kind, &mut doc).await?;
+        if self.rehire_match(&cx.tenant.id, &doc).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(self.new_write(cx, kind, doc, password, &[]).await?))
+    }
+
+    /// Commit prepared creates in one transaction. If that fails (a taken userName, a concurrent change, …),
+    /// nothing was written and each operation runs again alone, so each gets the answer it would have had.
+    async fn commit_batch(
+        &self,
+        cx: &Ctx,
+        ops: &[bulk::BulkOp],
+        batch: Vec<(usize, String, Write)>,
+        run: &mut BulkRun,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let tenant = &cx.tenant.id;
+        let kind = ResourceKind::User;
+        let (idx, items): (Vec<usize>, Vec<(String, Write)>) = batch.into_iter().map(|(i, id, w)| (i, (id, w))).unzip();
+        let n = items.len();
+        match self.store.create_many(tenant, kind, items).await {
+            Ok(stored) => {
+                for (i, s) in idx.into_iter().zip(stored) {
+                    tracing::info!(tenant = %tenant, kind = kind.as_str(), id = %s.id, "created");
+                    let out = Output {
+                        status: StatusCode::CREATED,
+                        body: None,
+                        etag: Some(etag(s.version)),
+                        location: Some(self.location(cx, kind, &s.id)),
+                    };
+                    run.record(cx, i, &ops[i], Ok((StatusCode::CREATED, Some(s.id), out)));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(tenant = %tenant, operations = n, error = %e, "batched creates failed; running them one by one");
+                for i in idx {
+                    if run.stopped() {
+                        break;
+                    }
+                    let outcome = self.bulk_one(cx, &ops[i], &run.ids).await;
+                    run.record(cx, i, &ops[i], outcome);
+                }
+            }
+        }
     }
 
     async fn bulk_one(
@@ -959,6 +1048,56 @@ impl ScimService {
             .clone()
             .or_else(|| new_id.as_ref().map(|i| self.location(cx, kind, i)));
         Ok((out.status, new_id, Output { location, ..out }))
+    }
+}
+
+/// How many Bulk creates commit in one transaction.
+const BULK_BATCH: usize = 250;
+
+/// Whether a Bulk operation may join a batch of creates: a `POST /Users` that references no bulkId.
+fn batchable(op: &bulk::BulkOp) -> bool {
+    op.method == Method::Post && op.path.trim_start_matches('/') == "Users" && bulk::references(op).is_empty()
+}
+
+/// A Bulk request's progress: results by operation index, the bulkIds created, the errors counted.
+struct BulkRun {
+    fail_on_errors: Option<usize>,
+    ids: HashMap<String, String>,
+    errors: usize,
+    results: Vec<Option<Value>>,
+}
+
+impl BulkRun {
+    /// failOnErrors reached: no further operation runs.
+    fn stopped(&self) -> bool {
+        self.fail_on_errors.is_some_and(|max| self.errors >= max)
+    }
+
+    fn record(
+        &mut self,
+        cx: &Ctx,
+        i: usize,
+        op: &bulk::BulkOp,
+        outcome: Result<(StatusCode, Option<String>, Output), ApiError>,
+    ) {
+        if let Ok((_, Some(id), _)) = &outcome
+            && let Some(b) = &op.bulk_id
+        {
+            self.ids.insert(b.clone(), id.clone());
+        }
+        if outcome.is_err() {
+            self.errors += 1;
+        }
+        let (location, version) = match &outcome {
+            Ok((_, _, o)) => (o.location.clone(), o.etag.clone()),
+            // RFC 7644 §3.7.3: every result but a failed POST carries the resource's location.
+            Err(_) if op.method != Method::Post => {
+                let path = bulk::substitute_path(&op.path, &self.ids).unwrap_or_else(|_| op.path.clone());
+                (Some(format!("{}/{}", cx.base_url, path.trim_start_matches('/'))), None)
+            }
+            Err(_) => (None, None),
+        };
+        self.results[i] = Some(op_result(op, location, version, outcome.map(|(s, _, _)| s)));
     }
 }
 

@@ -1114,3 +1114,121 @@ async fn approvers_cannot_approve_themselves_or_read_what_is_not_theirs() {
         200
     );
 }
+
+/// Outbox rows of an identity as (target, operation), sorted.
+async fn outbox_of(w: &World, id: &str) -> Vec<(String, String)> {
+    let (s, v) = w
+        .admin("ops", Method::GET, &format!("/tenants/acme/outbox?identity={id}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut rows: Vec<(String, String)> = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|r| {
+            (
+                r["target"].as_str().unwrap_or("?").into(),
+                r["operation"].as_str().unwrap_or("?").into(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Bulk creates commit in batches, each user with what a single POST writes: its identity state, plan, outbox
+/// rows and audit records; in a batch that commits at once and in one that cannot (a taken userName inside it)
+/// and runs again one operation at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_creates_in_batches_have_the_effects_of_single_posts() {
+    use scimgate_store::AuditFilter;
+    let w = World::new().await;
+    let single = w.create(employee("single", "Sales", json!({}))).await;
+    let want_state = w.identity(&single).await["state"]["current"].clone();
+    let want_plan = {
+        let mut a = actions(&w.last_plan(&single).await);
+        a.sort();
+        a
+    };
+    assert!(want_plan.iter().any(|a| a.contains("create_account")), "{want_plan:?}");
+    let want_outbox = outbox_of(&w, &single).await;
+    assert!(!want_outbox.is_empty(), "the policy provisions a Sales employee");
+
+    let n = 300;
+    let ops: Vec<Value> = (0..n)
+        .map(|i| {
+            // #100 takes #3's userName: the first batch falls back, the second commits at once.
+            let name = if i == 100 {
+                "bulk-0003".to_string()
+            } else {
+                format!("bulk-{i:04}")
+            };
+            let mut e = employee(&name, "Sales", json!({}));
+            e["externalId"] = json!(format!("hr-bulk-{i}"));
+            e[ENT]["employeeNumber"] = json!(format!("E-bulk-{i}"));
+            json!({"method": "POST", "bulkId": format!("b{i}"), "path": "/Users", "data": e})
+        })
+        .collect();
+    let (s, v) = w
+        .scim(
+            Method::POST,
+            "/Bulk",
+            Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": ops})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let results = v["Operations"].as_array().expect("results");
+    assert_eq!(results.len(), n);
+    let mut ids = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        if i == 100 {
+            assert_eq!(r["status"], "409", "{r}");
+            continue;
+        }
+        assert_eq!(r["status"], "201", "{r}");
+        ids.push(
+            r["location"]
+                .as_str()
+                .expect("location")
+                .rsplit('/')
+                .next()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        let v = w.identity(id).await;
+        assert_eq!(v["archived"], json!(false));
+        assert_eq!(v["state"]["version"], json!(1), "{v}");
+        assert_eq!(v["state"]["current"], want_state, "{id}");
+        let plan = w.last_plan(id).await;
+        assert_eq!(plan["cause"], "create", "{plan}");
+        let mut got = actions(&plan);
+        got.sort();
+        assert_eq!(got, want_plan, "{id}");
+        assert_eq!(outbox_of(&w, id).await, want_outbox, "{id}");
+    }
+    // The audit chain holds each create's request and decision records, and verifies.
+    let store = &w.state.service.store;
+    let report = store.verify("acme").await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    let records = store
+        .audit_export("acme", &AuditFilter::default(), 0, 10_000)
+        .await
+        .expect("export");
+    for id in &ids {
+        let kinds: Vec<&str> = records
+            .iter()
+            .filter(|r| r.identity_id.as_deref() == Some(id.as_str()))
+            .map(|r| r.kind.as_str())
+            .collect();
+        assert_eq!(kinds, ["request", "decision"], "{id}");
+    }
+    // Records of one create are adjacent, in request order, as consecutive single POSTs would leave them.
+    let order: Vec<&str> = records
+        .iter()
+        .filter(|r| r.kind == "request" && ids.iter().any(|i| r.identity_id.as_deref() == Some(i.as_str())))
+        .filter_map(|r| r.identity_id.as_deref())
+        .collect();
+    assert_eq!(order, ids.iter().map(String::as_str).collect::<Vec<_>>());
+}

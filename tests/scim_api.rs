@@ -584,6 +584,111 @@ async fn groups_membership_and_bulk(backend: Backend) {
 }
 both_backends!(groups_membership_and_bulk);
 
+/// Bulk creates commit in batches; a batch that cannot commit (here: a taken userName in the middle) runs again
+/// one operation at a time, so every operation gets the answer it would get alone.
+async fn bulk_creates_in_batches(backend: Backend) {
+    let gw = Gateway::start(backend).await;
+    let (s, _) = gw.call("POST", "/Users", Some(&user("taken"))).await;
+    assert_eq!(s, 201);
+    // 600 creates: more than one batch. #137 repeats #10's userName (case aside), #400 takes an existing one.
+    let name = |i: usize| match i {
+        137 => "Batch0010".to_string(),
+        400 => "taken".to_string(),
+        _ => format!("batch{i:04}"),
+    };
+    let mut ops: Vec<Value> = (0..600)
+        .map(|i| json!({"method": "POST", "bulkId": format!("u{i}"), "path": "/Users", "data": user(&name(i))}))
+        .collect();
+    // A group that references batched users: it runs after them, with their ids.
+    ops.push(
+        json!({"method": "POST", "bulkId": "g", "path": "/Groups", "data": {"schemas": [GROUP],
+        "displayName": "batched", "members": [{"value": "bulkId:u5"}, {"value": "bulkId:u599"}]}}),
+    );
+    let (s, v) = gw
+        .call("POST", "/Bulk", Some(&json!({"schemas": [BULK], "Operations": ops})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let results = v["Operations"].as_array().expect("ops");
+    assert_eq!(results.len(), 601);
+    let mut ids = BTreeSet::new();
+    for (i, r) in results.iter().take(600).enumerate() {
+        assert_eq!(r["bulkId"], json!(format!("u{i}")), "results keep the request order");
+        assert_eq!(r["method"], "POST");
+        if i == 137 || i == 400 {
+            assert_eq!(r["status"], "409", "{r}");
+            assert_error(&r["response"], 409, Some("uniqueness"));
+            assert!(r.get("location").is_none(), "{r}");
+            continue;
+        }
+        assert_eq!(r["status"], "201", "{r}");
+        assert_eq!(r["version"], "W/\"1\"", "{r}");
+        let loc = r["location"].as_str().expect("location");
+        assert!(loc.starts_with(&format!("{}/Users/", gw.base)), "{loc}");
+        ids.insert(loc.rsplit('/').next().expect("id").to_string());
+    }
+    assert_eq!(ids.len(), 598, "every created user has its own id");
+    assert_eq!(results[600]["status"], "201", "{}", results[600]);
+    assert_eq!(total(&gw, "userName sw \"batch\"").await, 598);
+    assert_eq!(total(&gw, "userName eq \"batch0010\"").await, 1);
+    // Every created user reads back as itself (its id is the one its result named).
+    for (i, r) in results.iter().enumerate().take(600).step_by(97) {
+        let Some(loc) = r["location"].as_str() else { continue };
+        let id = loc.rsplit('/').next().expect("id");
+        let (s, u) = gw.call("GET", &format!("/Users/{id}"), None).await;
+        assert_eq!((s, u["userName"].clone()), (200, json!(name(i))), "{u}");
+        assert_eq!(u["meta"]["location"], json!(loc));
+    }
+    let gloc = results[600]["location"].as_str().expect("group location");
+    let (_, g) = gw.call("GET", &gloc.replace(&gw.base, ""), None).await;
+    let members: BTreeSet<String> = g["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["value"].as_str().map(str::to_string))
+        .collect();
+    let want: BTreeSet<String> = [5, 599]
+        .iter()
+        .map(|&i| {
+            results[i]["location"]
+                .as_str()
+                .expect("loc")
+                .rsplit('/')
+                .next()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(members, want, "{g}");
+    // Three batches of creates: the two holding a taken userName ran again one by one, the third committed whole.
+    assert_eq!(gw.logs().matches("batched creates failed").count(), 2, "{}", gw.logs());
+
+    // failOnErrors counts a failure inside a batch at its place: nothing after it runs.
+    let ops: Vec<Value> = (0..20)
+        .map(|i| {
+            let n = if i == 7 {
+                "taken".to_string()
+            } else {
+                format!("stop{i:02}")
+            };
+            json!({"method": "POST", "bulkId": format!("s{i}"), "path": "/Users", "data": user(&n)})
+        })
+        .collect();
+    let (s, v) = gw
+        .call(
+            "POST",
+            "/Bulk",
+            Some(&json!({"schemas": [BULK], "failOnErrors": 1, "Operations": ops})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let results = v["Operations"].as_array().expect("ops");
+    assert_eq!(results.len(), 8, "{v}");
+    assert_eq!(results[7]["status"], "409");
+    assert!(results[..7].iter().all(|r| r["status"] == "201"), "{v}");
+    assert_eq!(total(&gw, "userName sw \"stop\"").await, 7);
+}
+both_backends!(bulk_creates_in_batches);
+
 /// A user drops in an extension schema file; its attributes are validated, stored, filterable, patchable,
 /// projected and discoverable with no code change.
 async fn extension_schema_file(backend: Backend) {

@@ -370,6 +370,7 @@ pub(crate) async fn append_tx(
         return Ok(());
     }
     let (mut seq, mut prev) = lock_head(tx, tenant).await?;
+    let mut rows: Vec<(i64, String, String, String)> = Vec::with_capacity(entries.len());
     for e in entries {
         seq += 1;
         let data = serde_json::to_string(&e.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -385,24 +386,29 @@ pub(crate) async fn append_tx(
             prev_hash: &prev,
         }
         .hash();
-        sqlx::query(
-            "INSERT INTO audit_log (tenant, seq, at, kind, actor, identity_id, request_id, data, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(tenant)
-        .bind(seq)
-        .bind(at)
-        .bind(&e.kind)
-        .bind(&e.actor)
-        .bind(e.identity_id.as_deref())
-        .bind(e.request_id.as_deref())
-        .bind(&data)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await?;
-        prev = hash;
+        rows.push((seq, data, std::mem::replace(&mut prev, hash.clone()), hash));
     }
+    use crate::sql::Arg::{Int, Text};
+    let args: Vec<_> = entries
+        .iter()
+        .zip(&rows)
+        .map(|(e, (seq, data, prev_hash, hash))| {
+            vec![
+                Text(Some(tenant)),
+                Int(*seq),
+                Text(Some(at)),
+                Text(Some(&e.kind)),
+                Text(Some(&e.actor)),
+                Text(e.identity_id.as_deref()),
+                Text(e.request_id.as_deref()),
+                Text(Some(data)),
+                Text(Some(prev_hash)),
+                Text(Some(hash)),
+            ]
+        })
+        .collect();
+    let head = "INSERT INTO audit_log (tenant, seq, at, kind, actor, identity_id, request_id, data, prev_hash, hash)";
+    crate::sql::insert_rows(tx, head, "", 10, &args).await?;
     sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE tenant = $3")
         .bind(seq)
         .bind(&prev)

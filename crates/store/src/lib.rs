@@ -110,6 +110,15 @@ pub trait Store: Send + Sync + 'static {
         w: Write,
         members: &[Member],
     ) -> Result<Stored, StoreError>;
+    /// Create several resources (no group members) in one transaction, each exactly as [`Store::create`] would,
+    /// with their lifecycle effects, and their audit records appended in item order. All or nothing: on any
+    /// error (a taken userName, a `StateConflict`, …) nothing is written and the caller may retry item by item.
+    async fn create_many(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        items: Vec<(String, Write)>,
+    ) -> Result<Vec<Stored>, StoreError>;
     async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError>;
     /// Replace the document if the stored version is still `expect`, applying membership changes in the same
     /// transaction. `VersionMismatch` otherwise.

@@ -75,6 +75,55 @@ fn bind_all<'q>(
     q
 }
 
+/// A value bound into a multi-row insert.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    Text(Option<&'a str>),
+    Int(i64),
+}
+
+/// Most values one statement binds. SQLite allows 32,766 and PostgreSQL 65,535, but binding costs grow with the
+/// square of the count (sqlx looks each `$n` up by name, a linear scan in SQLite): a few hundred rows' worth per
+/// statement is already the bulk of the saving in round trips.
+const MAX_BINDS: usize = 600;
+
+/// `{head} VALUES (…), (…) {tail}` for `rows` of `width` values each, in as few statements as the bind limit
+/// allows (one round trip to the database each, instead of one per row). Returns the rows affected.
+pub(crate) async fn insert_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    head: &str,
+    tail: &str,
+    width: usize,
+    rows: &[Vec<Arg<'_>>],
+) -> Result<u64, sqlx::Error> {
+    let mut affected = 0;
+    for chunk in rows.chunks((MAX_BINDS / width.max(1)).clamp(1, 500)) {
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * width * 5);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        let mut n = 0;
+        for (r, row) in chunk.iter().enumerate() {
+            sql.push_str(if r == 0 { "(" } else { ", (" });
+            for c in 0..row.len() {
+                n += 1;
+                sql.push_str(if c == 0 { "$" } else { ", $" });
+                sql.push_str(&n.to_string());
+            }
+            sql.push(')');
+        }
+        sql.push_str(tail);
+        let mut q = sqlx::query(&sql);
+        for a in chunk.iter().flatten() {
+            q = match *a {
+                Arg::Text(t) => q.bind(t),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        affected += q.execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(affected)
+}
+
 fn taken(kind: ResourceKind) -> StoreError {
     StoreError::Uniqueness(match kind {
         ResourceKind::User => "userName is already taken".into(),
@@ -154,20 +203,74 @@ impl SqlStore {
             .bind(id)
             .execute(&mut **tx)
             .await?;
-        let mut seen = Vec::new();
-        for e in doc.get("emails").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(v) = e.get("value").and_then(Value::as_str).filter(|v| !v.is_empty()) {
-                let v = v.to_lowercase();
-                if seen.contains(&v) {
-                    continue;
-                }
-                sqlx::query("INSERT INTO scim_user_emails (tenant, user_id, value_lower) VALUES ($1, $2, $3)")
-                    .bind(tenant)
-                    .bind(id)
-                    .bind(&v)
-                    .execute(&mut **tx)
-                    .await?;
-                seen.push(v);
+        for v in email_values(doc) {
+            sqlx::query("INSERT INTO scim_user_emails (tenant, user_id, value_lower) VALUES ($1, $2, $3)")
+                .bind(tenant)
+                .bind(id)
+                .bind(&v)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Insert a new resource row (users: with its email rows; groups: with their members), inside `tx`.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_new(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        dialect: Dialect,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        w: &Write,
+        members: &[Member],
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        let doc_text = Self::doc_text(&w.doc)?;
+        let res = match kind {
+            ResourceKind::User => {
+                let user_name = str_at(&w.doc, "userName").unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO scim_users (tenant, id, user_name, user_name_lower, external_id, display_name_lower, \
+                     version, created, last_modified, password_hash, doc, employee_number) \
+                     VALUES ($1,$2,$3,$4,$5,$6,1,$7,$7,$8,$9,$10)",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(user_name)
+                .bind(user_name.to_lowercase())
+                .bind(str_at(&w.doc, "externalId"))
+                .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
+                .bind(ts)
+                .bind(w.password_hash.as_deref())
+                .bind(&doc_text)
+                .bind(employee_number(&w.doc))
+                .execute(&mut **tx)
+                .await
+            }
+            ResourceKind::Group => {
+                sqlx::query(
+                    "INSERT INTO scim_groups (tenant, id, display_name_lower, external_id, version, created, \
+                     last_modified, doc) VALUES ($1,$2,$3,$4,1,$5,$5,$6)",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
+                .bind(str_at(&w.doc, "externalId"))
+                .bind(ts)
+                .bind(&doc_text)
+                .execute(&mut **tx)
+                .await
+            }
+        };
+        match res {
+            Err(e) if unique_violation(&e) => return Err(taken(kind)),
+            r => r?,
+        };
+        match kind {
+            ResourceKind::User => Self::write_emails(tx, tenant, id, &w.doc).await?,
+            ResourceKind::Group => {
+                Self::add_members(tx, dialect, tenant, id, members).await?;
             }
         }
         Ok(())
@@ -385,6 +488,43 @@ impl SqlStore {
     }
 }
 
+/// The distinct lower-cased email values of a user document, as indexed in `scim_user_emails`.
+fn email_values(doc: &Map<String, Value>) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for e in doc.get("emails").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(v) = e.get("value").and_then(Value::as_str).filter(|v| !v.is_empty()) {
+            let v = v.to_lowercase();
+            if !seen.contains(&v) {
+                seen.push(v);
+            }
+        }
+    }
+    seen
+}
+
+/// Effects that only start a new identity: a first state, maybe a plan and outbox rows.
+fn fresh_only(e: &Effects) -> bool {
+    matches!(&e.state, Some(s) if s.expect_version.is_none())
+        && e.new_approvals.is_empty()
+        && e.cancel_approvals.is_empty()
+        && e.update_approvals.is_empty()
+        && e.new_exceptions.is_empty()
+        && !e.clear_exceptions
+}
+
+fn stored_all(items: Vec<(String, Write)>, ts: &str) -> Vec<Stored> {
+    items
+        .into_iter()
+        .map(|(id, w)| Stored {
+            id,
+            version: 1,
+            created: ts.to_string(),
+            last_modified: ts.to_string(),
+            doc: w.doc,
+        })
+        .collect()
+}
+
 fn member_json(id: &str, kind: &str) -> Map<String, Value> {
     let mut o = Map::new();
     o.insert("value".into(), Value::String(id.to_string()));
@@ -425,66 +565,174 @@ impl Store for SqlStore {
         w: Write,
         members: &[Member],
     ) -> Result<Stored, StoreError> {
-        let id = id.to_string();
         let ts = now();
-        let doc_text = Self::doc_text(&w.doc)?;
         let mut tx = self.pool.begin().await?;
-        let res = match kind {
-            ResourceKind::User => {
-                let user_name = str_at(&w.doc, "userName").unwrap_or_default();
-                sqlx::query(
-                    "INSERT INTO scim_users (tenant, id, user_name, user_name_lower, external_id, display_name_lower, \
-                     version, created, last_modified, password_hash, doc, employee_number) \
-                     VALUES ($1,$2,$3,$4,$5,$6,1,$7,$7,$8,$9,$10)",
-                )
-                .bind(tenant)
-                .bind(&id)
-                .bind(user_name)
-                .bind(user_name.to_lowercase())
-                .bind(str_at(&w.doc, "externalId"))
-                .bind(str_at(&w.doc, "displayName").map(str::to_lowercase))
-                .bind(&ts)
-                .bind(w.password_hash.as_deref())
-                .bind(&doc_text)
-                .bind(employee_number(&w.doc))
-                .execute(&mut *tx)
-                .await
-            }
-            ResourceKind::Group => {
-                sqlx::query(
-                    "INSERT INTO scim_groups (tenant, id, display_name_lower, external_id, version, created, \
-                     last_modified, doc) VALUES ($1,$2,$3,$4,1,$5,$5,$6)",
-                )
-                .bind(tenant)
-                .bind(&id)
-                .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
-                .bind(str_at(&w.doc, "externalId"))
-                .bind(&ts)
-                .bind(&doc_text)
-                .execute(&mut *tx)
-                .await
-            }
-        };
-        match res {
-            Err(e) if unique_violation(&e) => return Err(taken(kind)),
-            r => r?,
-        };
-        match kind {
-            ResourceKind::User => Self::write_emails(&mut tx, tenant, &id, &w.doc).await?,
-            ResourceKind::Group => {
-                Self::add_members(&mut tx, self.dialect, tenant, &id, members).await?;
-            }
-        }
+        Self::insert_new(&mut tx, self.dialect, tenant, kind, id, &w, members, &ts).await?;
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
         tx.commit().await?;
         Ok(Stored {
-            id,
+            id: id.to_string(),
             version: 1,
             created: ts.clone(),
             last_modified: ts,
             doc: w.doc,
         })
+    }
+
+    async fn create_many(
+        &self,
+        tenant: &str,
+        kind: ResourceKind,
+        items: Vec<(String, Write)>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        if kind == ResourceKind::Group {
+            // Groups are not batched by the service; one transaction still, a row at a time.
+            let ts = now();
+            let mut tx = self.pool.begin().await?;
+            let mut audit = Vec::new();
+            for (id, w) in &items {
+                Self::insert_new(&mut tx, self.dialect, tenant, kind, id, w, &[], &ts).await?;
+                lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
+                audit.extend(lifecycle::audit_entries(&w.audit, &w.effects));
+            }
+            crate::audit::append_tx(&mut tx, tenant, &ts, &audit).await?;
+            tx.commit().await?;
+            return Ok(stored_all(items, &ts));
+        }
+        let ts = now();
+        let docs = items
+            .iter()
+            .map(|(_, w)| Self::doc_text(&w.doc))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lower: Vec<(String, Option<String>)> = items
+            .iter()
+            .map(|(_, w)| {
+                (
+                    str_at(&w.doc, "userName").unwrap_or_default().to_lowercase(),
+                    str_at(&w.doc, "displayName").map(str::to_lowercase),
+                )
+            })
+            .collect();
+        let users: Vec<Vec<Arg>> = items
+            .iter()
+            .zip(&docs)
+            .zip(&lower)
+            .map(|(((id, w), doc), (name_lower, display_lower))| {
+                vec![
+                    Arg::Text(Some(tenant)),
+                    Arg::Text(Some(id)),
+                    Arg::Text(Some(str_at(&w.doc, "userName").unwrap_or_default())),
+                    Arg::Text(Some(name_lower)),
+                    Arg::Text(str_at(&w.doc, "externalId")),
+                    Arg::Text(display_lower.as_deref()),
+                    Arg::Int(1),
+                    Arg::Text(Some(&ts)),
+                    Arg::Text(Some(&ts)),
+                    Arg::Text(w.password_hash.as_deref()),
+                    Arg::Text(Some(doc)),
+                    Arg::Text(employee_number(&w.doc)),
+                ]
+            })
+            .collect();
+        let emails: Vec<(usize, String)> = items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, w))| email_values(&w.doc).into_iter().map(move |v| (i, v)))
+            .collect();
+        let email_rows: Vec<Vec<Arg>> = emails
+            .iter()
+            .map(|(i, v)| {
+                vec![
+                    Arg::Text(Some(tenant)),
+                    Arg::Text(Some(&items[*i].0)),
+                    Arg::Text(Some(v)),
+                ]
+            })
+            .collect();
+        // Effects of a new identity (a first state, its plan and outbox rows) go in as multi-row inserts; any
+        // other effect is written as `create` writes it.
+        let (fresh, other): (Vec<&Effects>, Vec<&Effects>) = items
+            .iter()
+            .flat_map(|(_, w)| w.effects.iter())
+            .partition(|e| fresh_only(e));
+        let states: Vec<Vec<Arg>> = fresh
+            .iter()
+            .filter_map(|e| e.state.as_ref().map(|s| (e, s)))
+            .map(|(e, s)| {
+                vec![
+                    Arg::Text(Some(tenant)),
+                    Arg::Text(Some(&e.identity_id)),
+                    Arg::Int(1),
+                    Arg::Text(s.leaver_since.as_deref()),
+                    Arg::Text(Some(&s.current)),
+                    Arg::Text(Some(&s.evaluation)),
+                    Arg::Text(Some(&s.policy_hash)),
+                    Arg::Text(s.wakeup_at.as_deref()),
+                    Arg::Text(Some(&ts)),
+                ]
+            })
+            .collect();
+        let plans: Vec<Vec<Arg>> = fresh
+            .iter()
+            .filter_map(|e| e.plan.as_ref())
+            .map(|p| {
+                vec![
+                    Arg::Text(Some(tenant)),
+                    Arg::Text(Some(&p.id)),
+                    Arg::Text(Some(&p.identity_id)),
+                    Arg::Text(Some(&p.created)),
+                    Arg::Text(Some(&p.cause)),
+                    Arg::Text(Some(&p.mode)),
+                    Arg::Text(Some(&p.policy_hash)),
+                    Arg::Text(Some(&p.items)),
+                ]
+            })
+            .collect();
+        let outbox: Vec<Vec<Arg>> = fresh
+            .iter()
+            .flat_map(|e| e.outbox.iter().map(move |o| (e, o)))
+            .map(|(e, o)| crate::outbox::insert_args(tenant, &e.identity_id, 1, &ts, o))
+            .collect();
+
+        let mut tx = self.pool.begin().await?;
+        let head = "INSERT INTO scim_users (tenant, id, user_name, user_name_lower, external_id, display_name_lower, \
+                    version, created, last_modified, password_hash, doc, employee_number)";
+        match insert_rows(&mut tx, head, "", 12, &users).await {
+            Err(e) if unique_violation(&e) => return Err(taken(kind)),
+            r => r?,
+        };
+        let head = "INSERT INTO scim_user_emails (tenant, user_id, value_lower)";
+        insert_rows(&mut tx, head, "", 3, &email_rows).await?;
+        let head = "INSERT INTO identity_state (tenant, identity_id, version, leaver_since, current, evaluation, \
+                    policy_hash, wakeup_at, updated)";
+        if insert_rows(&mut tx, head, " ON CONFLICT DO NOTHING", 9, &states).await? != states.len() as u64 {
+            return Err(StoreError::StateConflict);
+        }
+        let head = "INSERT INTO plans (tenant, id, identity_id, created, cause, mode, policy_hash, items)";
+        insert_rows(&mut tx, head, "", 8, &plans).await?;
+        insert_rows(
+            &mut tx,
+            crate::outbox::INSERT_HEAD,
+            "",
+            crate::outbox::INSERT_WIDTH,
+            &outbox,
+        )
+        .await?;
+        for e in other {
+            lifecycle::apply(&mut tx, tenant, &ts, std::slice::from_ref(e)).await?;
+        }
+        // One append, last: the chain holds the records in the order of the items, as consecutive creates would.
+        let audit: Vec<_> = items
+            .iter()
+            .flat_map(|(_, w)| lifecycle::audit_entries(&w.audit, &w.effects))
+            .collect();
+        crate::audit::append_tx(&mut tx, tenant, &ts, &audit).await?;
+        tx.commit().await?;
+        Ok(stored_all(items, &ts))
     }
 
     async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError> {
