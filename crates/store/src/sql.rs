@@ -85,7 +85,7 @@ pub(crate) enum Arg<'a> {
 /// Most values one statement binds. SQLite allows 32,766 and PostgreSQL 65,535, but binding costs grow with the
 /// square of the count (sqlx looks each `$n` up by name, a linear scan in SQLite): a few hundred rows' worth per
 /// statement is already the bulk of the saving in round trips.
-const MAX_BINDS: usize = 600;
+const MAX_BINDS: usize = 256;
 
 /// `{head} VALUES (…), (…) {tail}` for `rows` of `width` values each, in as few statements as the bind limit
 /// allows (one round trip to the database each, instead of one per row). Returns the rows affected.
