@@ -1,0 +1,248 @@
+//! `Store::create_many`: many creates in one transaction, all or nothing, each written as `Store::create` writes
+//! it (user row, email rows, first identity state, plan, outbox rows, audit records in item order).
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use scimgate_scim::schema::ResourceKind;
+use scimgate_store::lifecycle::StateWrite;
+use scimgate_store::outbox::OutboxFilter;
+use scimgate_store::sql::StoreOptions;
+use scimgate_store::{
+    AuditEntry, AuditFilter, AuditStore, Effects, LifecycleStore, OutboxNew, OutboxStore, PlanRecord, SqlStore, Store,
+    StoreError, Write,
+};
+
+async fn open() -> (SqlStore, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "scimgate-create-many-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let store = SqlStore::connect(&StoreOptions {
+        url: format!("sqlite://{}/s.db", dir.display()),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await
+    .expect("connect");
+    (store, dir)
+}
+
+fn write(id: &str, name: &str) -> Write {
+    let doc: Map<String, Value> = serde_json::from_value(json!({
+        "userName": name,
+        "emails": [{"value": format!("{name}@Example.com")}, {"value": format!("{name}@example.COM")}],
+    }))
+    .expect("doc");
+    let plan = format!("plan-{id}");
+    Write {
+        doc,
+        password_hash: None,
+        doc_changed: true,
+        effects: vec![Effects {
+            identity_id: id.into(),
+            state: Some(StateWrite {
+                expect_version: None,
+                leaver_since: None,
+                current: "{}".into(),
+                evaluation: "{}".into(),
+                policy_hash: "h".into(),
+                wakeup_at: None,
+            }),
+            plan: Some(PlanRecord {
+                id: plan.clone(),
+                identity_id: id.into(),
+                created: "2030-01-01T00:00:00Z".into(),
+                cause: "create".into(),
+                mode: "enforce".into(),
+                policy_hash: "h".into(),
+                items: "[]".into(),
+            }),
+            audit: vec![AuditEntry {
+                kind: "decision".into(),
+                actor: "system".into(),
+                identity_id: Some(id.into()),
+                request_id: None,
+                data: json!({"plan": plan}),
+            }],
+            outbox: vec![OutboxNew {
+                id: format!("ob-{id}"),
+                target: "ldap".into(),
+                item_no: 0,
+                plan_id: Some(plan),
+                operation: "apply".into(),
+                priority: 0,
+                payload: "{}".into(),
+                secret: None,
+            }],
+            ..Default::default()
+        }],
+        audit: vec![AuditEntry {
+            kind: "request".into(),
+            actor: "token:0".into(),
+            identity_id: Some(id.into()),
+            request_id: Some("r".into()),
+            data: json!({"op": "create", "id": id}),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_many_is_all_or_nothing_and_writes_what_create_writes() {
+    let (store, dir) = open().await;
+    let t = "t";
+    // More items than one statement takes, so the multi-row inserts run in several chunks.
+    let items: Vec<(String, Write)> = (0..120)
+        .map(|i| (format!("id{i:03}"), write(&format!("id{i:03}"), &format!("user{i:03}"))))
+        .collect();
+    let stored = store
+        .create_many(t, ResourceKind::User, items.clone())
+        .await
+        .expect("batch");
+    assert_eq!(stored.len(), 120);
+    assert!(stored.iter().all(|s| s.version == 1));
+    assert_eq!(stored[7].id, "id007");
+    let got = store
+        .get(t, ResourceKind::User, "id007")
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(got.doc["userName"], "user007");
+    assert_eq!(got.version, 1);
+    assert!(store.identity_state(t, "id119").await.expect("state").is_some());
+    assert_eq!(store.plans(t, Some("id042"), 10).await.expect("plans").len(), 1);
+    let rows = store
+        .outbox_list(
+            t,
+            &OutboxFilter {
+                identity: Some("id042".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("outbox");
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("pending", 0));
+    // Email rows: lower-cased, deduplicated, findable by filter.
+    let f = scimgate_scim::filter::parse_filter("emails.value eq \"user003@example.com\"", &Default::default())
+        .expect("filter");
+    let reg = registry();
+    let f = scimgate_scim::eval::resolve(&reg, ResourceKind::User, f).expect("resolve");
+    let page = store
+        .query(
+            t,
+            ResourceKind::User,
+            &scimgate_store::Query {
+                reg: &reg,
+                filter: Some(&f),
+                sort: None,
+                start: scimgate_store::Start::Offset(0),
+                count: 10,
+                lowering: true,
+            },
+        )
+        .await
+        .expect("query");
+    assert_eq!(page.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["id003"]);
+    // The audit chain: request then decision, item by item, and it verifies.
+    let records = store
+        .audit_export(t, &AuditFilter::default(), 0, 1000)
+        .await
+        .expect("export");
+    let order: Vec<(String, String)> = records
+        .iter()
+        .map(|r| (r.identity_id.clone().unwrap_or_default(), r.kind.clone()))
+        .collect();
+    let want: Vec<(String, String)> = items
+        .iter()
+        .flat_map(|(id, _)| {
+            [
+                (id.clone(), "request".to_string()),
+                (id.clone(), "decision".to_string()),
+            ]
+        })
+        .collect();
+    assert_eq!(order, want);
+    assert!(store.verify(t).await.expect("verify").ok);
+
+    // A taken userName (case aside) anywhere in a batch: nothing of the batch is written.
+    let batch = vec![
+        ("n1".to_string(), write("n1", "fresh1")),
+        ("n2".to_string(), write("n2", "USER050")),
+        ("n3".to_string(), write("n3", "fresh3")),
+    ];
+    let err = store
+        .create_many(t, ResourceKind::User, batch)
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::Uniqueness(_)), "{err:?}");
+    // A duplicate inside the batch, too.
+    let batch = vec![
+        ("d1".to_string(), write("d1", "dup")),
+        ("d2".to_string(), write("d2", "Dup")),
+    ];
+    let err = store.create_many(t, ResourceKind::User, batch).await.expect_err("dup");
+    assert!(matches!(err, StoreError::Uniqueness(_)), "{err:?}");
+    for id in ["n1", "n3", "d1"] {
+        assert!(
+            store.get(t, ResourceKind::User, id).await.expect("get").is_none(),
+            "{id}"
+        );
+        assert!(store.identity_state(t, id).await.expect("state").is_none(), "{id}");
+        assert!(store.plans(t, Some(id), 10).await.expect("plans").is_empty(), "{id}");
+    }
+    let after = store
+        .audit_export(t, &AuditFilter::default(), 0, 1000)
+        .await
+        .expect("export");
+    assert_eq!(after.len(), records.len(), "no audit record of a failed batch");
+    // An identity state that already exists is a StateConflict, and nothing is written either.
+    let mut w = write("id000", "other");
+    w.effects[0].plan = None;
+    let err = store
+        .create_many(
+            t,
+            ResourceKind::User,
+            vec![
+                ("x1".into(), write("x1", "x1")),
+                ("x2".into(), {
+                    let mut w2 = w.clone();
+                    w2.effects[0].identity_id = "id000".into();
+                    w2
+                }),
+            ],
+        )
+        .await
+        .expect_err("conflict");
+    assert!(matches!(err, StoreError::StateConflict), "{err:?}");
+    assert!(store.get(t, ResourceKind::User, "x1").await.expect("get").is_none());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn registry() -> scimgate_scim::schema::Registry {
+    use scimgate_scim::schema::{Registry, SchemaDoc};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+    let mut docs = Vec::new();
+    let mut types = None;
+    for e in std::fs::read_dir(&dir).expect("schemas dir").flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+        let doc = SchemaDoc {
+            source: p.display().to_string(),
+            json,
+        };
+        if p.file_name().is_some_and(|n| n == "resource-types.json") {
+            types = Some(doc);
+        } else {
+            docs.push(doc);
+        }
+    }
+    Registry::build(docs, &types.expect("resource types")).expect("registry")
+}
