@@ -337,7 +337,9 @@ impl Outbox {
         }
         match &outcome {
             Outcome::Dead { error } => {
-                tracing::error!(identity = %e.identity_id, error = %error, "outbox row is a dead letter");
+                // Adapter messages can quote DNs or keys (personal data): the message at debug, the kind above it.
+                tracing::error!(identity = %e.identity_id, error_kind = error_kind.map_or("none", ErrorKind::as_str), "outbox row is a dead letter");
+                tracing::debug!(identity = %e.identity_id, error = %error, "dead letter detail");
                 self.alerter.fire(Alert::DeadLetters {
                     count: 1,
                     entries: vec![DeadLetter {
@@ -350,7 +352,8 @@ impl Outbox {
                 });
             }
             Outcome::Retry { error, next_at } => {
-                tracing::warn!(error = %error, next_at = %next_at, "delivery failed; will retry")
+                tracing::warn!(error_kind = error_kind.map_or("none", ErrorKind::as_str), next_at = %next_at, "delivery failed; will retry");
+                tracing::debug!(error = %error, "delivery failure detail");
             }
             Outcome::Done { .. } => tracing::debug!(identity = %e.identity_id, "delivered"),
             Outcome::Superseded => tracing::debug!("superseded by a newer delivery"),
