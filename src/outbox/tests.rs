@@ -312,7 +312,16 @@ async fn retries_then_dead_letters_then_replay() {
 
 #[tokio::test]
 async fn an_open_circuit_spends_no_attempts_and_the_backlog_drains() {
-    let r = rig(1, fast()).await;
+    // Enough attempts that no row dies: on a slow machine the oldest row can be due again before the next claim
+    // and take every failure itself.
+    let r = rig(
+        1,
+        OutboxConfig {
+            max_attempts: 10,
+            ..fast()
+        },
+    )
+    .await;
     r.rec.down.store(true, Ordering::SeqCst);
     let mut ids = vec![];
     for i in 0..6 {
