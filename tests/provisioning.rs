@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Backend, Gateway, Options};
+use common::{Backend, Gateway, Options, set, sha256_hex};
 use scimgate_testkit::db::TempDb;
 use scimgate_testkit::slapd::Slapd;
 
@@ -260,14 +260,6 @@ group_ref = "id"
     }
 }
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn user(name: &str, dept: &str) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User",
@@ -361,10 +353,6 @@ async fn eventually<T: std::fmt::Debug>(secs: u64, what: &str, mut check: impl F
         assert!(Instant::now() < deadline, "{what}: still {seen:?} after {secs} s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn set(xs: &[&str]) -> BTreeSet<String> {
-    xs.iter().map(|s| s.to_string()).collect()
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Backend, Gateway, Options};
+use common::{Backend, Gateway, Options, set, sha256_hex};
 use scimgate_testkit::json_server::JsonServer;
 use scimgate_testkit::scim2_server::Scim2Server;
 use scimgate_testkit::sshd::Sshd;
@@ -227,14 +227,6 @@ token = {{ sha256 = "{admin_hash}" }}
     }
 }
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn user(name: &str, dept: &str) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE],
@@ -245,10 +237,6 @@ fn user(name: &str, dept: &str) -> Value {
         "active": true,
         ENTERPRISE: {"department": dept, "employeeNumber": "E-1001"}
     })
-}
-
-fn set(xs: &[&str]) -> BTreeSet<String> {
-    xs.iter().map(|s| s.to_string()).collect()
 }
 
 /// The strings of a JSON array, as a set.

@@ -258,3 +258,17 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// Lowercase hex SHA-256, as config files name a token by its hash (`token = { sha256 = "…" }`).
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A set of owned strings, for comparing with what a target holds.
+pub fn set(xs: &[&str]) -> std::collections::BTreeSet<String> {
+    xs.iter().map(|s| s.to_string()).collect()
+}
