@@ -27,6 +27,20 @@ pub struct DeadLetter {
 }
 
 impl Alert {
+    /// One outbox row that became a dead letter.
+    pub fn dead_letter(e: &scimgate_store::OutboxEntry, error: &str) -> Alert {
+        Alert::DeadLetters {
+            count: 1,
+            entries: vec![DeadLetter {
+                tenant: e.tenant.clone(),
+                id: e.id.clone(),
+                target: e.target.clone(),
+                identity_id: e.identity_id.clone(),
+                error: error.to_string(),
+            }],
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Alert::TargetDown { .. } => "target_down",

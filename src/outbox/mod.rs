@@ -40,7 +40,7 @@ use scimgate_store::{AuditEntry, Backend, OutboxEntry, Outcome};
 
 use crate::config::OutboxConfig;
 use crate::metrics::METRICS;
-use alert::{Alert, Alerter, DeadLetter};
+use alert::{Alert, Alerter};
 use breaker::{Breaker, Transition, backoff};
 use seal::Sealer;
 
@@ -252,7 +252,7 @@ impl Outbox {
             // One claim: leavers' locks come first in its order.
             let claimed = match self
                 .store
-                .claim(&t.id, &self.owner, &now_ts(), &lease_until, free, false)
+                .claim(&t.id, &self.owner, &now_ts(), &lease_until, free)
                 .await
             {
                 Ok(c) => c,
@@ -340,16 +340,7 @@ impl Outbox {
                 // Adapter messages can quote DNs or keys (personal data): the message at debug, the kind above it.
                 tracing::error!(identity = %e.identity_id, error_kind = error_kind.map_or("none", ErrorKind::as_str), "outbox row is a dead letter");
                 tracing::debug!(identity = %e.identity_id, error = %error, "dead letter detail");
-                self.alerter.fire(Alert::DeadLetters {
-                    count: 1,
-                    entries: vec![DeadLetter {
-                        tenant: e.tenant.clone(),
-                        id: e.id.clone(),
-                        target: e.target.clone(),
-                        identity_id: e.identity_id.clone(),
-                        error: error.clone(),
-                    }],
-                });
+                self.alerter.fire(Alert::dead_letter(&e, error));
             }
             Outcome::Retry { error, next_at } => {
                 tracing::warn!(error_kind = error_kind.map_or("none", ErrorKind::as_str), next_at = %next_at, "delivery failed; will retry");
@@ -465,7 +456,7 @@ impl Outbox {
             }
             let now = now_ts();
             let lease = later(Duration::from_secs(self.cfg.lease_secs));
-            let Ok(rows) = self.store.claim(&target, &self.owner, &now, &lease, 100, false).await else {
+            let Ok(rows) = self.store.claim(&target, &self.owner, &now, &lease, 100).await else {
                 continue;
             };
             for e in rows {
@@ -477,16 +468,10 @@ impl Outbox {
                     tracing::warn!(error = %err, "cannot record a dead letter");
                 }
                 METRICS.deliveries.with_label_values(&["unconfigured", "dead"]).inc();
-                self.alerter.fire(Alert::DeadLetters {
-                    count: 1,
-                    entries: vec![DeadLetter {
-                        tenant: e.tenant.clone(),
-                        id: e.id.clone(),
-                        target: e.target.clone(),
-                        identity_id: e.identity_id.clone(),
-                        error: format!("no adapter is configured for target {target}"),
-                    }],
-                });
+                self.alerter.fire(Alert::dead_letter(
+                    &e,
+                    &format!("no adapter is configured for target {target}"),
+                ));
             }
         }
     }

@@ -396,11 +396,7 @@ async fn an_expired_lease_is_taken_over() {
     // A worker that died holding the row: its lease ran out a second ago.
     let past = scimgate_scim::resource::format_datetime(chrono::Utc::now() - chrono::Duration::seconds(1));
     let now = scimgate_scim::resource::format_datetime(chrono::Utc::now());
-    let claimed = r
-        .store
-        .claim("t1", "dead-node", &now, &past, 1, false)
-        .await
-        .expect("claim");
+    let claimed = r.store.claim("t1", "dead-node", &now, &past, 1).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     drive(&r, async || status(&r, &ids[0]).await.0 == "done").await;
     assert_eq!(

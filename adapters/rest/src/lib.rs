@@ -22,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod template;
 
+use scimgate_adapter_sdk::mapping::scalar as text;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -368,16 +369,6 @@ impl RestAdapter {
             self.call(op, ctx).await?.success(op.name)?;
         }
         Ok(())
-    }
-}
-
-/// A scalar as text.
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 
+use scimgate_adapter_sdk::mapping::scalar as text;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -99,15 +100,6 @@ fn str_at<'v>(resource: &'v Value, key: &str) -> Option<&'v str> {
         .as_object()
         .and_then(|o| get_ci(o, key))
         .and_then(Value::as_str)
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 /// Attributes of a SCIM resource: `userName`, `name.familyName`, `emails` (their values), `urn:…:User:department`.

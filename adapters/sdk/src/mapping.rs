@@ -144,13 +144,21 @@ impl Path {
     }
 }
 
-fn scalar_text(v: &Value) -> Option<String> {
+/// A JSON scalar as text: strings as they are, numbers and booleans printed; `None` for null, arrays and objects.
+pub fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(n.to_string()),
-        Value::Array(a) => a.first().and_then(scalar_text),
         _ => None,
+    }
+}
+
+/// [`scalar`], or the first element of an array of scalars.
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Array(a) => a.first().and_then(scalar_text),
+        v => scalar(v),
     }
 }
 

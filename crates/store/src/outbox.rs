@@ -87,7 +87,7 @@ pub struct OutboxFilter {
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
     /// Lease up to `limit` ready (pending, due, first in line) rows of `target` to `owner` until `lease_until`,
-    /// leavers' locks first, then oldest first. `priority_only` claims only locks. Claiming counts an attempt.
+    /// leavers' locks first, then oldest first. Claiming counts an attempt.
     async fn claim(
         &self,
         target: &str,
@@ -95,7 +95,6 @@ pub trait OutboxStore: Send + Sync + 'static {
         now: &str,
         lease_until: &str,
         limit: usize,
-        priority_only: bool,
     ) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Record how a leased delivery ended, with its audit records. `false`: the lease was lost (another worker
     /// took the row over after it expired) and nothing was written.
@@ -215,7 +214,6 @@ impl OutboxStore for SqlStore {
         now: &str,
         lease_until: &str,
         limit: usize,
-        priority_only: bool,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         if limit == 0 {
             return Ok(vec![]);
@@ -228,12 +226,11 @@ impl OutboxStore for SqlStore {
         } else {
             ""
         };
-        let prio = if priority_only { " AND o.priority > 0" } else { "" };
         let sql = format!(
             "UPDATE outbox SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, \
              updated = $3 WHERE (tenant, id) IN (\
                SELECT o.tenant, o.id FROM outbox o WHERE o.target = $4 AND o.status = 'pending' \
-                 AND o.next_at <= $3{prio} AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.tenant = o.tenant \
+                 AND o.next_at <= $3 AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.tenant = o.tenant \
                    AND p.identity_id = o.identity_id AND p.target = o.target \
                    AND (p.seq < o.seq OR (p.seq = o.seq AND p.item_no < o.item_no)) \
                    AND (p.status = 'pending' OR p.status = 'running')) \
