@@ -1,14 +1,12 @@
--- Scenario get_user: GET {base}/Users/{id}, the id drawn at random from the ids that the load step created
--- (file named by BENCH_IDS, one id a line).
+-- Scenario get_user: GET {base}/Users/{id}, the id drawn at random from the ids that the load step created on
+-- this server (BENCH_IDS).
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 
 function init(args)
+  local by_num, nums = load_ids()
   ids = {}
-  for line in io.lines(os.getenv("BENCH_IDS")) do
-    ids[#ids + 1] = line
-  end
-  if #ids == 0 then
-    error("no ids in " .. tostring(os.getenv("BENCH_IDS")))
+  for i, n in ipairs(nums) do
+    ids[i] = by_num[n]
   end
   math.randomseed(7919 * (tid + 1))
 end
