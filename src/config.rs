@@ -263,6 +263,10 @@ pub struct StoreConfig {
     pub url: String,
     #[serde(default = "default_pool")]
     pub max_connections: u32,
+    /// The read cache of users' answers, in MiB (0: off). Kept correct by the store's writes; on PostgreSQL by
+    /// every node's writes (LISTEN/NOTIFY), and bypassed while that feed is down.
+    #[serde(default = "default_read_cache_mib")]
+    pub read_cache_mib: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -384,6 +388,9 @@ fn default_grace() -> u64 {
 }
 fn default_pool() -> u32 {
     8
+}
+fn default_read_cache_mib() -> u64 {
+    128
 }
 fn default_schemas_dir() -> PathBuf {
     PathBuf::from("schemas")

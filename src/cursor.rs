@@ -20,6 +20,9 @@ pub enum Position {
     /// Skip this many results.
     #[serde(rename = "o")]
     Offset(usize),
+    /// After this resource id (id order), in a listing of `total` matches counted on its first page.
+    #[serde(rename = "k")]
+    Counted { after: String, total: usize },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,6 +103,12 @@ mod tests {
         let k = CursorKey::new([7; 32]);
         let c = k.encode(Position::After("abc".into()), "q1", "t", 100);
         assert_eq!(k.decode(&c, "q1", "t", 50), Ok(Position::After("abc".into())));
+        let counted = Position::Counted {
+            after: "abc".into(),
+            total: 1_000_000,
+        };
+        let c2 = k.encode(counted.clone(), "q1", "t", 100);
+        assert_eq!(k.decode(&c2, "q1", "t", 50), Ok(counted));
         assert!(matches!(
             k.decode(&c, "q2", "t", 50),
             Err(ProtocolError::InvalidCursor(_))

@@ -12,6 +12,7 @@ pub mod audit_cli;
 pub mod config;
 pub mod cursor;
 pub mod engine;
+pub mod group_commit;
 pub mod http;
 mod lifecycle;
 pub mod metrics;
@@ -84,6 +85,19 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
         (None, Some(p)) => Some(outbox::seal::Sealer::from_file(p)?),
         (None, None) => None,
     };
+    let (store, cache_listener) = if cfg.store.read_cache_mib > 0 {
+        let store = store.with_cache(cfg.store.read_cache_mib.saturating_mul(1 << 20));
+        let follower = store.clone();
+        let url = cfg.store.url.clone();
+        let listener = url.starts_with("postgres").then(|| {
+            http::AbortOnDrop(tokio::spawn(
+                async move { follower.listen_for_invalidations(url).await },
+            ))
+        });
+        (store, listener)
+    } else {
+        (store, None)
+    };
     let store: Arc<dyn scimgate_store::Backend> = Arc::new(store);
     let wake = Arc::new(tokio::sync::Notify::new());
     let specs = outbox::targets::build(&cfg.targets).await?;
@@ -92,7 +106,15 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
         None => outbox::alert::Alerter::none(),
     };
     let outbox = outbox::Outbox::new(store.clone(), specs, &cfg.outbox, wake.clone(), sealer.clone(), alerter);
+    // SQLite has one writer: one committer lane. PostgreSQL commits several groups at once.
+    let lanes = if cfg.store.url.starts_with("sqlite") {
+        1
+    } else {
+        usize::try_from(cfg.store.max_connections / 2).unwrap_or(1).max(1)
+    };
+    let creates = group_commit::GroupCommit::start(store.clone(), lanes);
     let service = ScimService {
+        creates,
         reg,
         store,
         engine,
@@ -114,5 +136,6 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
         max_body_bytes: cfg.server.max_body_bytes,
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
         scheme: if cfg.server.tls.is_some() { "https" } else { "http" },
+        cache_listener,
     }))
 }

@@ -155,7 +155,34 @@ impl ScimService {
         ops: &[MemberOp],
     ) -> Result<Vec<Effects>, ApiError> {
         let Some(engine) = &self.engine else { return Ok(vec![]) };
+        // Adding or removing some members of a group that keeps its name affects only those members: look up
+        // whether each is a member now, not the whole member list (a PATCH to a 100k-member group stays cheap).
+        let delta_only = old_name.is_some()
+            && old_name == new_name
+            && ops
+                .iter()
+                .all(|op| matches!(op, MemberOp::Add(_) | MemberOp::Remove(_)));
+        // The mentioned members' groups, when looked up here: also each one's groups before the change.
+        let mut prefetched: Option<std::collections::HashMap<String, Vec<(String, String)>>> = None;
         let current: BTreeSet<String> = match group_id {
+            Some(g) if delta_only => {
+                let mentioned: Vec<&str> = ops
+                    .iter()
+                    .flat_map(|op| match op {
+                        MemberOp::Add(list) => list.iter().map(|m| m.value.as_str()).collect::<Vec<_>>(),
+                        MemberOp::Remove(ids) => ids.iter().map(String::as_str).collect(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                let groups = self.store.groups_of_many(tenant, &mentioned).await?;
+                let current = mentioned
+                    .into_iter()
+                    .filter(|id| groups.get(*id).is_some_and(|gs| gs.iter().any(|(gid, _)| gid == g)))
+                    .map(str::to_string)
+                    .collect();
+                prefetched = Some(groups);
+                current
+            }
             Some(g) if old_name.is_some() => self
                 .store
                 .members(tenant, g)
@@ -193,7 +220,13 @@ impl ScimService {
             let Some(user) = self.store.get(tenant, ResourceKind::User, uid).await? else {
                 continue; // a nested group, or a member that is not (yet) a user
             };
-            let before = self.group_names(tenant, uid).await?;
+            let before = match &prefetched {
+                Some(m) => m
+                    .get(uid.as_str())
+                    .map(|gs| gs.iter().map(|(_, name)| name.clone()).collect())
+                    .unwrap_or_default(),
+                None => self.group_names(tenant, uid).await?,
+            };
             let mut groups: Vec<String> = before.clone();
             if current.contains(uid)
                 && let Some(old) = old_name

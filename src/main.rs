@@ -1,5 +1,10 @@
 //! The `scimgate` command: `serve` and `check`.
 
+/// mimalloc: the request path allocates many short-lived strings and maps; glibc's malloc spent about 12 % of a
+/// GET's CPU in malloc/free (bench/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

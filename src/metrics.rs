@@ -31,6 +31,7 @@ pub struct Metrics {
     pub delivery_duration: HistogramVec,
     pub target_up: IntGaugeVec,
     pub alerts: IntCounterVec,
+    pub group_commit: Histogram,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -119,7 +120,19 @@ impl Metrics {
             Err(e) => unreachable!("gauge is well-formed: {e}"),
         };
         let _ = r.register(Box::new(outbox_oldest.clone()));
+        let group_commit = match Histogram::with_opts(
+            HistogramOpts::new(
+                "scimgate_group_commit_creates",
+                "User creates committed per transaction by the group committer (concurrent POST /Users)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        ) {
+            Ok(h) => h,
+            Err(e) => unreachable!("histogram is well-formed: {e}"),
+        };
+        let _ = r.register(Box::new(group_commit.clone()));
         Metrics {
+            group_commit,
             outbox_entries: gauge(
                 &r,
                 "scimgate_outbox_entries",

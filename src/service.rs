@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -20,6 +21,7 @@ use scimgate_scim::project::{Projection, render};
 use scimgate_scim::resource::{Mode, check_immutable, normalize};
 use scimgate_scim::schema::{Registry, ResourceKind, Target};
 use scimgate_scim::{ProtocolError, urn};
+use scimgate_store::cache::Rendered;
 use scimgate_store::{AuditEntry, Backend, Effects, Query, Start, StoreError, Stored, Write};
 
 use crate::config::{ScimConfig, Tenant};
@@ -68,6 +70,8 @@ pub struct ScimService {
     pub sealer: Option<crate::outbox::seal::Sealer>,
     /// Wakes the outbox workers after a change commits.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Commits concurrent user creates together.
+    pub creates: crate::group_commit::GroupCommit,
 }
 
 /// Who is asking, and the absolute URL of their SCIM base for meta.location.
@@ -85,6 +89,8 @@ pub struct Ctx {
 pub struct Output {
     pub status: StatusCode,
     pub body: Option<Value>,
+    /// A pre-serialised body (from the read cache), sent instead of `body`.
+    pub raw: Option<Bytes>,
     pub etag: Option<String>,
     pub location: Option<String>,
 }
@@ -130,13 +136,15 @@ impl ScimService {
         format!("{}/{}/{}", cx.base_url, kind.endpoint(), id)
     }
 
-    /// The full document for output: stored attributes plus id, meta, and members or groups.
+    /// The full document for output: stored attributes plus id, meta, and members or groups. `fresh`: a user
+    /// just created or rehired, which is in no group yet (archiving removes memberships), so none are looked up.
     async fn full_doc(
         &self,
         cx: &Ctx,
         kind: ResourceKind,
         s: &Stored,
         proj: &Projection,
+        fresh: bool,
     ) -> Result<Map<String, Value>, ApiError> {
         let mut doc = s.doc.clone();
         doc.insert("id".into(), Value::String(s.id.clone()));
@@ -166,21 +174,40 @@ impl ScimService {
                     doc.insert("members".into(), Value::Array(list));
                 }
             }
-            ResourceKind::User if proj.may_return("groups") => {
+            ResourceKind::User if proj.may_return("groups") && !fresh => {
                 let groups = self.store.groups_of(tenant, &s.id).await?;
-                if !groups.is_empty() {
-                    let list: Vec<Value> = groups
-                        .into_iter()
-                        .map(|(id, name)| {
-                            json!({"value": id, "$ref": format!("{}/Groups/{id}", cx.base_url), "display": name, "type": "direct"})
-                        })
-                        .collect();
-                    doc.insert("groups".into(), Value::Array(list));
-                }
+                attach_groups(cx, &mut doc, groups);
             }
             _ => {}
         }
         Ok(doc)
+    }
+
+    /// A page of documents for output, with the users' groups looked up in one query for the whole page.
+    async fn full_docs(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        rows: &[Stored],
+        proj: &Projection,
+    ) -> Result<Vec<Map<String, Value>>, ApiError> {
+        if kind != ResourceKind::User || !proj.may_return("groups") {
+            let mut out = Vec::with_capacity(rows.len());
+            for s in rows {
+                out.push(self.full_doc(cx, kind, s, proj, false).await?);
+            }
+            return Ok(out);
+        }
+        let ids: Vec<&str> = rows.iter().map(|s| s.id.as_str()).collect();
+        let mut groups = self.store.groups_of_many(&cx.tenant.id, &ids).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for s in rows {
+            // `fresh` skips the per-user lookup; the page's lookup supplies the groups.
+            let mut doc = self.full_doc(cx, kind, s, proj, true).await?;
+            attach_groups(cx, &mut doc, groups.remove(&s.id).unwrap_or_default());
+            out.push(doc);
+        }
+        Ok(out)
     }
 
     async fn output(
@@ -191,12 +218,13 @@ impl ScimService {
         proj: &Projection,
         status: StatusCode,
     ) -> Result<Output, ApiError> {
-        let doc = self.full_doc(cx, kind, s, proj).await?;
+        let doc = self.full_doc(cx, kind, s, proj, status == StatusCode::CREATED).await?;
         Ok(Output {
             status,
             body: Some(render(&self.reg, kind, &doc, proj)),
             etag: Some(etag(s.version)),
             location: (status == StatusCode::CREATED).then(|| self.location(cx, kind, &s.id)),
+            raw: None,
         })
     }
 
@@ -315,8 +343,15 @@ impl ScimService {
             }
         }
         let (id, w) = self.new_write(cx, kind, doc, password, &members).await?;
-        let stored = self.store.create(tenant, kind, &id, w, &members).await?;
-        tracing::info!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
+        let stored = match kind {
+            // Concurrent user creates share a transaction (group commit); see `group_commit`.
+            ResourceKind::User => self.creates.create_user(tenant, id, w).await.map_err(|e| match e {
+                crate::group_commit::CommitError::Store(e) => ApiError::from(e),
+                stopped => ApiError::internal(stopped),
+            })?,
+            ResourceKind::Group => self.store.create(tenant, kind, &id, w, &members).await?,
+        };
+        tracing::debug!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
         self.output(cx, kind, &stored, proj, StatusCode::CREATED).await
     }
 
@@ -389,6 +424,23 @@ impl ScimService {
         proj: &Projection,
         pre: &Preconditions,
     ) -> Result<Output, ApiError> {
+        if kind == ResourceKind::User
+            && *proj == Projection::Default
+            && let Some(r) = self.cached_user(cx, id).await?
+        {
+            if let Some(inm) = &pre.if_none_match
+                && etag_matches(inm, r.version)
+            {
+                return Err(ApiError::NotModified(etag(r.version)));
+            }
+            return Ok(Output {
+                status: StatusCode::OK,
+                body: None,
+                raw: Some(r.body.clone()),
+                etag: Some(etag(r.version)),
+                location: None,
+            });
+        }
         let s = self.load(cx, kind, id).await?;
         if let Some(inm) = &pre.if_none_match
             && etag_matches(inm, s.version)
@@ -396,6 +448,116 @@ impl ScimService {
             return Err(ApiError::NotModified(etag(s.version)));
         }
         self.output(cx, kind, &s, proj, StatusCode::OK).await
+    }
+
+    /// A user's default answer through the read cache: `None` without a cache (or while it is suspended), the
+    /// cached bytes on a hit, and on a miss the answer rendered from the store and cached.
+    async fn cached_user(&self, cx: &Ctx, id: &str) -> Result<Option<Arc<Rendered>>, ApiError> {
+        let Some(cache) = self.store.read_cache().filter(|c| c.is_live()) else {
+            return Ok(None);
+        };
+        let tenant = &cx.tenant.id;
+        if let Some(r) = cache.get(tenant, id)
+            && r.base_url == cx.base_url
+        {
+            return Ok(Some(r));
+        }
+        let ticket = cache.ticket(tenant, id);
+        let s = self.load(cx, ResourceKind::User, id).await?;
+        let r = self.render_user(cx, &s).await?;
+        Ok(Some(cache.put(ticket, tenant, id, r)))
+    }
+
+    async fn render_user(&self, cx: &Ctx, s: &Stored) -> Result<Rendered, ApiError> {
+        let kind = ResourceKind::User;
+        let doc = self.full_doc(cx, kind, s, &Projection::Default, false).await?;
+        let body =
+            serde_json::to_vec(&render(&self.reg, kind, &doc, &Projection::Default)).map_err(ApiError::internal)?;
+        Ok(Rendered {
+            version: s.version,
+            base_url: cx.base_url.clone(),
+            user_name_lower: s
+                .doc
+                .get("userName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_lowercase(),
+            body: Bytes::from(body),
+        })
+    }
+
+    /// `GET /Users?filter=userName eq "…"` with nothing else (the lookup every IdP makes before it creates or
+    /// links a user) answered through the read cache. `None`: not that query, or no cache; `list` answers.
+    pub async fn list_by_user_name(
+        &self,
+        cx: &Ctx,
+        kind: Option<ResourceKind>,
+        p: &ListParams,
+    ) -> Result<Option<Bytes>, ApiError> {
+        if kind != Some(ResourceKind::User)
+            || p.sort_by.is_some()
+            || p.sort_order.is_some()
+            || p.cursor.is_some()
+            || p.attributes.is_some()
+            || p.excluded.is_some()
+            || !matches!(p.start_index.as_deref().map(str::trim), None | Some("1"))
+            || matches!(p.count.as_deref().map(str::trim), Some(c) if c.parse::<u64>().map_or(true, |n| n == 0))
+        {
+            return Ok(None);
+        }
+        let Some(cache) = self.store.read_cache().filter(|c| c.is_live()) else {
+            return Ok(None);
+        };
+        let Some(f) = p.filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) else {
+            return Ok(None);
+        };
+        let Ok(parsed) = parse_filter(f, &self.limits.filter) else {
+            return Ok(None);
+        };
+        let Ok(filter) = eval::resolve(&self.reg, ResourceKind::User, parsed) else {
+            return Ok(None);
+        };
+        let Some(name) = eval::user_name_eq(&filter) else {
+            return Ok(None);
+        };
+        let tenant = &cx.tenant.id;
+        let lower = name.to_lowercase();
+        let hit = match cache.find_by_name(tenant, &lower) {
+            Some((_, r)) if r.base_url == cx.base_url => Some(r),
+            _ => {
+                // Miss: the store answers the filter; a single match is rendered and cached.
+                let q = Query {
+                    reg: &self.reg,
+                    filter: Some(&filter),
+                    sort: None,
+                    start: Start::Offset(0),
+                    count: 2,
+                    lowering: true,
+                    total: None,
+                };
+                // The filter finds the id; the answer cached is from a read by id after the ticket for that id.
+                let page = self.store.query(tenant, ResourceKind::User, &q).await?;
+                match page.rows.as_slice() {
+                    [] => None,
+                    [one] => {
+                        let ticket = cache.ticket(tenant, &one.id);
+                        match self.store.get(tenant, ResourceKind::User, &one.id).await? {
+                            Some(s)
+                                if s.doc.get("userName").and_then(Value::as_str).map(str::to_lowercase)
+                                    == Some(lower.clone()) =>
+                            {
+                                let r = self.render_user(cx, &s).await?;
+                                Some(cache.put(ticket, tenant, &s.id, r))
+                            }
+                            // Changed in between: let the general path answer.
+                            _ => return Ok(None),
+                        }
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        };
+        Ok(Some(list_response_bytes(hit.as_deref())))
     }
 
     /// Out of compare-and-swap retries: 412 if the client sent If-Match, otherwise a 409 asking for a retry.
@@ -525,9 +687,19 @@ impl ScimService {
                 effects,
                 audit,
             };
+            // Adding and removing members without If-Match commutes with other such changes: no compare-and-swap
+            // on the group's version (which 32 concurrent pushes to one group would keep losing); the store's row
+            // lock orders them, and the members' identity states keep their own compare-and-swap.
+            let members_only = kind == ResourceKind::Group
+                && !doc_changed
+                && pre.if_match.is_none()
+                && member_ops
+                    .iter()
+                    .all(|op| matches!(op, MemberOp::Add(_) | MemberOp::Remove(_)));
+            let expect = if members_only { -1 } else { current.version };
             match self
                 .store
-                .replace(&cx.tenant.id, kind, id, current.version, w, &member_ops)
+                .replace(&cx.tenant.id, kind, id, expect, w, &member_ops)
                 .await
             {
                 Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
@@ -640,6 +812,7 @@ impl ScimService {
                     return Ok(Output {
                         status: StatusCode::NO_CONTENT,
                         body: None,
+                        raw: None,
                         etag: None,
                         location: None,
                     });
@@ -812,7 +985,7 @@ impl ScimService {
         let single_keyset = plans.len() == 1 && plans[0].2.is_none() && cursor_mode;
         let first = match &position {
             Some(Position::Offset(o)) => *o,
-            Some(Position::After(_)) => 0,
+            Some(Position::After(_) | Position::Counted { .. }) => 0,
             None if cursor_mode => 0,
             None => usize::try_from(start_index - 1).unwrap_or(0),
         };
@@ -823,9 +996,12 @@ impl ScimService {
         let mut last_id = None;
         let mut remaining = count;
         for (k, filter, sort, proj) in &plans {
-            let start = match (&position, single_keyset) {
-                (Some(Position::After(id)), true) => Start::After(id.clone()),
-                _ => Start::Offset(offset),
+            // A keyset cursor's later pages reuse the first page's count: totalResults is the number of matches
+            // when the listing started, and no page counts a million rows again.
+            let (start, known_total) = match (&position, single_keyset) {
+                (Some(Position::After(id)), true) => (Start::After(id.clone()), None),
+                (Some(Position::Counted { after, total }), true) => (Start::After(after.clone()), Some(*total)),
+                _ => (Start::Offset(offset), None),
             };
             let q = Query {
                 reg: &self.reg,
@@ -834,15 +1010,17 @@ impl ScimService {
                 start,
                 count: remaining,
                 lowering: true,
+                total: known_total,
             };
             let page = self.store.query(&cx.tenant.id, *k, &q).await?;
             total += page.total;
             offset = offset.saturating_sub(page.total);
             keyset_more = page.more;
             remaining -= page.rows.len().min(remaining);
-            for s in &page.rows {
-                let doc = self.full_doc(cx, *k, s, proj).await?;
+            for doc in self.full_docs(cx, *k, &page.rows, proj).await? {
                 resources.push(render(&self.reg, *k, &doc, proj));
+            }
+            if let Some(s) = page.rows.last() {
                 last_id = Some(s.id.clone());
             }
         }
@@ -859,7 +1037,7 @@ impl ScimService {
         if cursor_mode {
             if more && !resources.is_empty() {
                 let pos = match (single_keyset, last_id) {
-                    (true, Some(id)) => Position::After(id),
+                    (true, Some(id)) => Position::Counted { after: id, total },
                     _ => Position::Offset(first + resources.len()),
                 };
                 let exp = now + self.limits.cursor_timeout_secs;
@@ -972,10 +1150,11 @@ impl ScimService {
         match self.store.create_many(tenant, kind, items).await {
             Ok(stored) => {
                 for (i, s) in idx.into_iter().zip(stored) {
-                    tracing::info!(tenant = %tenant, kind = kind.as_str(), id = %s.id, "created");
+                    tracing::debug!(tenant = %tenant, kind = kind.as_str(), id = %s.id, "created");
                     let out = Output {
                         status: StatusCode::CREATED,
                         body: None,
+                        raw: None,
                         etag: Some(etag(s.version)),
                         location: Some(self.location(cx, kind, &s.id)),
                     };
@@ -1049,6 +1228,36 @@ impl ScimService {
             .or_else(|| new_id.as_ref().map(|i| self.location(cx, kind, i)));
         Ok((out.status, new_id, Output { location, ..out }))
     }
+}
+
+/// A user's `groups`, as answered: absent when the user is in none.
+fn attach_groups(cx: &Ctx, doc: &mut Map<String, Value>, groups: Vec<(String, String)>) {
+    if groups.is_empty() {
+        return;
+    }
+    let list: Vec<Value> = groups
+        .into_iter()
+        .map(|(id, name)| {
+            json!({"value": id, "$ref": format!("{}/Groups/{id}", cx.base_url), "display": name, "type": "direct"})
+        })
+        .collect();
+    doc.insert("groups".into(), Value::Array(list));
+}
+
+/// A ListResponse of at most one pre-serialised user, as `list` would answer it.
+fn list_response_bytes(user: Option<&Rendered>) -> Bytes {
+    let n = usize::from(user.is_some());
+    let head = format!(
+        "{{\"schemas\":[\"{}\"],\"totalResults\":{n},\"itemsPerPage\":{n},\"startIndex\":1,\"Resources\":[",
+        urn::LIST_RESPONSE
+    );
+    let mut out = Vec::with_capacity(head.len() + 2 + user.map_or(0, |u| u.body.len()));
+    out.extend_from_slice(head.as_bytes());
+    if let Some(u) = user {
+        out.extend_from_slice(&u.body);
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
 }
 
 /// How many Bulk creates commit in one transaction.

@@ -247,7 +247,12 @@ async fn filters_sorting_and_paging(backend: Backend) {
                 .call("GET", &path.replace(' ', "%20").replace('"', "%22"), None)
                 .await;
             assert_eq!(s, 200, "{path}: {v}");
-            expected.get_or_insert(v["totalResults"].as_u64().expect("total"));
+            let total = v["totalResults"].as_u64().expect("total");
+            assert_eq!(
+                *expected.get_or_insert(total),
+                total,
+                "{query}: the same totalResults on every page"
+            );
             for r in v["Resources"].as_array().expect("list") {
                 assert!(
                     seen.insert(r["id"].as_str().expect("id").to_string()),

@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -46,6 +46,18 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `https` when serving TLS; used for meta.location when a tenant has no public_url.
     pub scheme: &'static str,
+    /// PostgreSQL: the task following other nodes' writes for the read cache; stopped with the state.
+    pub cache_listener: Option<AbortOnDrop>,
+}
+
+/// A background task that ends when its owner is dropped.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What a tenant's handlers see.
@@ -87,7 +99,7 @@ pub fn app(state: Arc<AppState>) -> Router {
                 .unwrap_or("");
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %rid)
         }))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(x_request_id, RequestIds::default()))
 }
 
 /// Every route of a tenant's SCIM API, relative to its base path. The router is built from this table, and the
@@ -165,34 +177,69 @@ async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -
     next.run(req).await
 }
 
+/// Request ids for requests that arrive without one: a random per-process prefix and a counter, unique without a
+/// random draw (a syscall) per request.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds {
+            prefix: uuid::Uuid::new_v4().simple().to_string()[..12].into(),
+            next: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
 /// Request count and latency by route template, method, status and tenant (all bounded).
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_string();
-    let method = match req.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+    // MatchedPath is an Arc: cloning it does not copy the template.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
         _ => "other",
-    }
-    .to_string();
+    };
     let path = req.uri().path();
-    let tenant = state
+    let tenant: Option<Arc<Tenant>> = state
         .tenants
         .iter()
-        .find(|t| path == t.base_path || path.starts_with(&format!("{}/", t.base_path)))
-        .map_or("-", |t| t.id.as_str())
-        .to_string();
+        .find(|t| {
+            path.strip_prefix(t.base_path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .cloned();
     let started = std::time::Instant::now();
-    let writes = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    let writes = !matches!(method, "GET" | "HEAD" | "OPTIONS");
     let resp = next.run(req).await;
     let status = resp.status();
     if writes && status.is_success() {
         // A committed change may have queued downstream work.
         state.outbox.wake();
     }
-    let labels = [route.as_str(), method.as_str(), status.as_str(), tenant.as_str()];
+    let labels = [
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        method,
+        status.as_str(),
+        tenant.as_ref().map_or("-", |t| t.id.as_str()),
+    ];
     crate::metrics::METRICS.http_requests.with_label_values(&labels).inc();
     crate::metrics::METRICS
         .http_duration
@@ -269,9 +316,10 @@ pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 
 /// Turn a service output into a response with the SCIM content type, ETag and Location.
 pub fn respond(out: crate::service::Output) -> Response {
-    let mut r = match out.body {
-        Some(b) => json_response(out.status, &b),
-        None => out.status.into_response(),
+    let mut r = match (out.raw, out.body) {
+        (Some(raw), _) => raw_json_response(out.status, raw),
+        (None, Some(b)) => json_response(out.status, &b),
+        (None, None) => out.status.into_response(),
     };
     let h = r.headers_mut();
     if let Some(e) = out.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
@@ -285,7 +333,12 @@ pub fn respond(out: crate::service::Output) -> Response {
 
 /// A JSON body response with the SCIM content type.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut r = (status, body.to_string()).into_response();
+    raw_json_response(status, bytes::Bytes::from(body.to_string()))
+}
+
+/// A pre-serialised JSON body with the SCIM content type.
+pub fn raw_json_response(status: StatusCode, body: bytes::Bytes) -> Response {
+    let mut r = (status, body).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
     r

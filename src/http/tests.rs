@@ -20,14 +20,21 @@ use crate::service::{Limits, ScimService};
 const TOKEN: &str = "router-test-token-0123456789";
 
 async fn state() -> Arc<AppState> {
-    let reg = crate::schemas::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).expect("schemas");
     let store = SqlStore::connect(&StoreOptions {
         url: "sqlite::memory:".into(),
         max_connections: 1,
         acquire_timeout: Duration::from_secs(5),
     })
     .await
-    .expect("store");
+    .expect("store")
+    // The read cache is on, as in production: every test below also checks that it never answers stale.
+    .with_cache(1 << 20);
+    state_on(store, None)
+}
+
+/// A gateway on `store`; `listener`: the task that follows other nodes' writes (PostgreSQL).
+fn state_on(store: SqlStore, listener: Option<super::AbortOnDrop>) -> Arc<AppState> {
+    let reg = crate::schemas::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).expect("schemas");
     let tenant = Tenant {
         id: "t".into(),
         base_path: "/scim/v2".into(),
@@ -58,6 +65,7 @@ async fn state() -> Arc<AppState> {
         guards,
         outbox,
         service: ScimService {
+            creates: crate::group_commit::GroupCommit::start(store.clone(), 1),
             reg: Arc::new(reg),
             store,
             engine: None,
@@ -68,6 +76,7 @@ async fn state() -> Arc<AppState> {
         },
         tenants: vec![tenant],
         max_body_bytes: 64 * 1024,
+        cache_listener: listener,
         request_timeout: Duration::from_secs(10),
         scheme: "http",
     })
@@ -317,4 +326,277 @@ async fn openapi_document_matches_the_routes() {
     let (s, _, h) = send(&st, Method::GET, "/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h[header::CONTENT_TYPE], "application/json");
+}
+
+/// Every write that changes what a user's answer shows (its own document, its deletion, a membership, the
+/// name or deletion of one of its groups) is seen by the next GET and `userName eq` lookup, although both are
+/// answered from the read cache once warm.
+#[tokio::test]
+async fn the_read_cache_never_answers_stale() {
+    let st = state().await;
+    let get = |id: String| {
+        let st = st.clone();
+        async move { send(&st, Method::GET, &format!("/scim/v2/Users/{id}"), Some(TOKEN), None).await }
+    };
+    let find = |name: &'static str| {
+        let st = st.clone();
+        async move {
+            let uri = format!("/scim/v2/Users?filter=userName%20eq%20%22{name}%22");
+            let (s, v, _) = send(&st, Method::GET, &uri, Some(TOKEN), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v
+        }
+    };
+    let group_names = |v: &Value| -> Vec<String> {
+        v["groups"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|g| g["display"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let patch_op =
+        |ops: Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+
+    let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "alice",
+        "displayName": "Alice"});
+    let (s, v, _) = send(&st, Method::POST, "/scim/v2/Users", Some(TOKEN), Some(user)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let (_, first, h1) = get(id.clone()).await;
+    let (_, second, h2) = get(id.clone()).await;
+    assert_eq!(first, second, "a cache hit answers exactly what the store answered");
+    assert_eq!(h1[header::ETAG], h2[header::ETAG]);
+    assert_eq!(h2[header::CONTENT_TYPE], "application/scim+json");
+    assert_eq!(
+        first["meta"]["location"],
+        format!("https://idp.example.com/scim/v2/Users/{id}")
+    );
+    let listed = find("ALICE").await;
+    assert_eq!(listed["totalResults"], 1);
+    assert_eq!(
+        listed["Resources"][0], first,
+        "the lookup is case-insensitive and answers the same document"
+    );
+    assert_eq!(find("ALICE").await, listed, "and again from the cache");
+    // If-None-Match against the cached version.
+    let req = Request::builder()
+        .uri(format!("/scim/v2/Users/{id}"))
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::IF_NONE_MATCH, h2[header::ETAG].clone())
+        .body(Body::empty())
+        .expect("request");
+    let resp = app(st.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+
+    // A membership added by a group PATCH.
+    let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Eng"});
+    let (s, g, _) = send(&st, Method::POST, "/scim/v2/Groups", Some(TOKEN), Some(group)).await;
+    assert_eq!(s, StatusCode::CREATED, "{g}");
+    let gid = g["id"].as_str().expect("id").to_string();
+    let gpath = format!("/scim/v2/Groups/{gid}");
+    let add = patch_op(json!([{"op": "add", "path": "members", "value": [{"value": id}]}]));
+    assert_eq!(
+        send(&st, Method::PATCH, &gpath, Some(TOKEN), Some(add)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(group_names(&get(id.clone()).await.1), vec!["Eng"]);
+    assert_eq!(group_names(&find("alice").await["Resources"][0]), vec!["Eng"]);
+    // The group renamed.
+    let rename = patch_op(json!([{"op": "replace", "path": "displayName", "value": "Engineering"}]));
+    assert_eq!(
+        send(&st, Method::PATCH, &gpath, Some(TOKEN), Some(rename)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(group_names(&get(id.clone()).await.1), vec!["Engineering"]);
+    // The membership removed, then the group's member list replaced with her again, then the group deleted.
+    let remove = patch_op(json!([{"op": "remove", "path": format!("members[value eq \"{id}\"]")}]));
+    assert_eq!(
+        send(&st, Method::PATCH, &gpath, Some(TOKEN), Some(remove)).await.0,
+        StatusCode::OK
+    );
+    assert!(group_names(&get(id.clone()).await.1).is_empty());
+    let put = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Engineering",
+        "members": [{"value": id}]});
+    assert_eq!(
+        send(&st, Method::PUT, &gpath, Some(TOKEN), Some(put)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(group_names(&get(id.clone()).await.1), vec!["Engineering"]);
+    assert_eq!(
+        send(&st, Method::DELETE, &gpath, Some(TOKEN), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert!(group_names(&get(id.clone()).await.1).is_empty());
+
+    // The user's own document: renamed by PUT, then deleted.
+    let put = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "alice2",
+        "displayName": "Alice Two"});
+    let upath = format!("/scim/v2/Users/{id}");
+    let (s, v, _) = send(&st, Method::PUT, &upath, Some(TOKEN), Some(put)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, now, h) = get(id.clone()).await;
+    assert_eq!(now["userName"], "alice2");
+    assert_eq!(now["displayName"], "Alice Two");
+    assert_ne!(h[header::ETAG], h2[header::ETAG]);
+    assert_eq!(
+        find("alice").await["totalResults"],
+        0,
+        "the old name no longer finds her"
+    );
+    assert_eq!(find("alice2").await["Resources"][0]["id"], id.as_str());
+    assert_eq!(
+        send(&st, Method::DELETE, &upath, Some(TOKEN), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(get(id.clone()).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(find("alice2").await["totalResults"], 0);
+}
+
+/// Two gateway nodes on one PostgreSQL database, each with its read cache: a write through one node is seen by
+/// the other's next read, although that node answered the same read from its cache before. And when a node's
+/// invalidation feed is cut, its cache stops answering until the feed is back.
+#[tokio::test]
+async fn two_nodes_on_postgres_never_answer_stale_from_their_caches() {
+    let db = scimgate_testkit::db::TempDb::postgres("scimgate_cache");
+    let node = |url: String| async move {
+        let store = SqlStore::connect(&StoreOptions {
+            url: url.clone(),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("store")
+        .with_cache(1 << 20);
+        let follower = store.clone();
+        let listener = super::AbortOnDrop(tokio::spawn(
+            async move { follower.listen_for_invalidations(url).await },
+        ));
+        let st = state_on(store, Some(listener));
+        let live = async || st.service.store.read_cache().is_some_and(|c| c.is_live());
+        for _ in 0..200 {
+            if live().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(live().await, "the cache goes live once the node listens");
+        st
+    };
+    let a = node(db.url.clone()).await;
+    let b = node(db.url.clone()).await;
+    let user =
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "bob", "displayName": "Bob"});
+    let (s, v, _) = send(&a, Method::POST, "/scim/v2/Users", Some(TOKEN), Some(user)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let path = format!("/scim/v2/Users/{id}");
+    let (_, v, _) = send(&b, Method::GET, &path, Some(TOKEN), None).await;
+    assert_eq!(v["displayName"], "Bob");
+    assert!(
+        b.service.store.read_cache().and_then(|c| c.get("t", &id)).is_some(),
+        "node b now answers bob from its cache"
+    );
+    // Node b sees each of node a's writes (within the notification's delivery time).
+    let seen_on_b = async |want: &dyn Fn(&Value) -> bool| {
+        for _ in 0..200 {
+            let (_, v, _) = send(&b, Method::GET, &path, Some(TOKEN), None).await;
+            if want(&v) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "displayName", "value": "Robert"}]});
+    assert_eq!(
+        send(&a, Method::PATCH, &path, Some(TOKEN), Some(patch)).await.0,
+        StatusCode::OK
+    );
+    assert!(seen_on_b(&|v| v["displayName"] == "Robert").await, "b saw the rename");
+    let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Ops",
+        "members": [{"value": id}]});
+    assert_eq!(
+        send(&a, Method::POST, "/scim/v2/Groups", Some(TOKEN), Some(group))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert!(
+        seen_on_b(&|v| v["groups"][0]["display"] == "Ops").await,
+        "b saw the membership"
+    );
+
+    // Cut node b's feed: its cache stops answering, then resumes, empty, once the listener reconnects.
+    let cache = || b.service.store.read_cache().expect("cache");
+    let before = cache().suspensions();
+    db.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
+         AND query LIKE 'LISTEN%'",
+    );
+    let mut resumed = false;
+    for _ in 0..500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if cache().suspensions() > before && cache().is_live() {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(cache().suspensions() > before, "a lost feed suspends the cache");
+    assert!(resumed, "the listener reconnects and the cache resumes");
+    assert!(
+        cache().get("t", &id).is_none(),
+        "it resumes empty: what it missed meanwhile cannot be stale"
+    );
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "displayName", "value": "Rob"}]});
+    assert_eq!(
+        send(&a, Method::PATCH, &path, Some(TOKEN), Some(patch)).await.0,
+        StatusCode::OK
+    );
+    assert!(seen_on_b(&|v| v["displayName"] == "Rob").await, "b follows a again");
+}
+
+/// Many IdP pushes adding members to one group at the same time all succeed (no If-Match: adding members does
+/// not depend on the version read), and every member is there afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_member_adds_to_one_group_all_succeed() {
+    let st = state().await;
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("m{i}")});
+        let (s, v, _) = send(&st, Method::POST, "/scim/v2/Users", Some(TOKEN), Some(user)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        ids.push(v["id"].as_str().expect("id").to_string());
+    }
+    let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Busy"});
+    let (_, g, _) = send(&st, Method::POST, "/scim/v2/Groups", Some(TOKEN), Some(group)).await;
+    let gpath = format!("/scim/v2/Groups/{}", g["id"].as_str().expect("id"));
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (st, gpath) = (st.clone(), gpath.clone());
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "add", "path": "members", "value": [{"value": id}]}]});
+            tokio::spawn(async move { send(&st, Method::PATCH, &gpath, Some(TOKEN), Some(body)).await })
+        })
+        .collect();
+    for t in tasks {
+        let (s, v, _) = t.await.expect("task");
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, v, h) = send(&st, Method::GET, &gpath, Some(TOKEN), None).await;
+    let mut got: Vec<String> = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["value"].as_str().map(str::to_string))
+        .collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert_eq!(h[header::ETAG], "W/\"25\"", "each add bumped the version once");
 }

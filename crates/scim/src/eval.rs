@@ -18,6 +18,19 @@ use crate::filter::{AttrPath, CompValue, CompareOp, Filter};
 use crate::resource::parse_datetime;
 use crate::schema::{AttrType, Attribute, Home, Registry, Resolved, ResourceKind, Target};
 
+/// The userName a resolved User filter asks for, if the filter is exactly `userName eq "…"` (the lookup an IdP
+/// makes before it creates or links a user).
+pub fn user_name_eq(f: &Filter) -> Option<&str> {
+    match f {
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value: CompValue::Str(s),
+        } if path.urn.is_none() && path.sub.is_none() && path.attr == "userName" => Some(s),
+        _ => None,
+    }
+}
+
 /// Resolve a filter against a resource type. Unknown attributes and operators that do not apply to the
 /// attribute's type are `invalidFilter`.
 pub fn resolve(reg: &Registry, kind: ResourceKind, f: Filter) -> Result<Filter> {

@@ -6,6 +6,7 @@
 //! uniqueness are checked inside the write transaction: an update is a compare-and-swap on `version`.
 
 pub mod audit;
+pub mod cache;
 pub mod lifecycle;
 mod lower;
 pub mod outbox;
@@ -89,6 +90,9 @@ pub struct Query<'a> {
     pub count: usize,
     /// Lower what can be lowered to SQL. `false` evaluates everything in memory (the property test compares).
     pub lowering: bool,
+    /// The number of matches, when the caller already knows it (a cursor's later pages carry the count of the
+    /// first): the store does not count again, so a page costs the same at the end of a million as at the start.
+    pub total: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,7 +125,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Stored>, StoreError>;
     async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError>;
     /// Replace the document if the stored version is still `expect`, applying membership changes in the same
-    /// transaction. `VersionMismatch` otherwise.
+    /// transaction. `VersionMismatch` otherwise. A negative `expect` (groups: membership changes only, no If-Match)
+    /// takes whatever version is current: the row lock orders concurrent changes, and adding or removing members
+    /// does not depend on the version they were read at.
     async fn replace(
         &self,
         tenant: &str,
@@ -146,8 +152,28 @@ pub trait Store: Send + Sync + 'static {
     async fn members(&self, tenant: &str, group_id: &str) -> Result<Vec<Member>, StoreError>;
     /// The groups a user or group is a direct member of: (id, displayName).
     async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// [`Store::groups_of`] for several members at once (a page of a list), keyed by member id; members in no
+    /// group are absent.
+    async fn groups_of_many(
+        &self,
+        tenant: &str,
+        member_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<(String, String)>>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for id in member_ids {
+            let g = self.groups_of(tenant, id).await?;
+            if !g.is_empty() {
+                out.insert((*id).to_string(), g);
+            }
+        }
+        Ok(out)
+    }
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The read cache the store keeps correct, if one is enabled.
+    fn read_cache(&self) -> Option<&cache::ReadCache> {
+        None
+    }
 }
 
 /// Lifecycle records for the policy engine. JSON documents are opaque to the store.

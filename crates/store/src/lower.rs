@@ -97,7 +97,13 @@ pub(crate) fn lower(kind: ResourceKind, d: Dialect, f: &Filter, b: &mut Binds) -
         Filter::Or(x, y) => {
             let mark = b.0.len();
             match (lower(kind, d, x, b), lower(kind, d, y, b)) {
-                (Some(x), Some(y)) => Some(format!("({x} OR {y})")),
+                // The tenant and the live-row condition are repeated inside each branch, so that every branch can
+                // seek an index on its own ((tenant, user_name_lower) is partial, `WHERE archived_at IS NULL`):
+                // SQLite and PostgreSQL then answer an `or` of indexed comparisons as a union of index lookups
+                // instead of scanning the tenant. ($1 is the tenant; both conditions hold outside anyway.)
+                (Some(x), Some(y)) => Some(format!(
+                    "((r.tenant = $1 AND r.archived_at IS NULL AND {x}) OR (r.tenant = $1 AND r.archived_at IS NULL AND {y}))"
+                )),
                 _ => {
                     b.0.truncate(mark);
                     None

@@ -237,6 +237,7 @@ impl OutboxStore for SqlStore {
                ORDER BY o.priority DESC, o.created, o.id LIMIT $5{lock}) \
              RETURNING {COLUMNS}"
         );
+        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&sql)
             .bind(owner)
@@ -260,6 +261,7 @@ impl OutboxStore for SqlStore {
         outcome: &Outcome,
         audit: &[AuditEntry],
     ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         let guard = "WHERE tenant = $1 AND id = $2 AND status = 'running' AND lease_owner = $3";
         let done = match outcome {
@@ -405,6 +407,7 @@ impl OutboxStore for SqlStore {
     }
 
     async fn replay(&self, tenant: &str, id: &str, now: &str, audit: &[AuditEntry]) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_at = $1, updated = $1 \

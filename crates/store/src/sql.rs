@@ -1,5 +1,6 @@
 //! [`SqlStore`]: the [`Store`] on sqlx's `Any` driver, SQLite or PostgreSQL chosen by the URL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use scimgate_scim::patch::{Member, MemberOp};
 use scimgate_scim::resource::format_datetime;
 use scimgate_scim::schema::ResourceKind;
 
+use crate::cache::{ReadCache, Touched};
 use crate::lifecycle::{self, ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord};
 use crate::lower::{Binds, Dialect, lower, sort_column, split};
 use crate::{IdentityRow, LifecycleStore};
@@ -32,7 +34,18 @@ pub struct StoreOptions {
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// The read cache, if enabled ([`SqlStore::with_cache`]); every write below invalidates what it touched.
+    cache: Option<Arc<ReadCache>>,
+    /// SQLite: whose turn it is to write. SQLite has one writer; without a queue, concurrent write transactions
+    /// collide on its lock and the losers sleep in its busy handler in growing steps (tens to hundreds of
+    /// milliseconds of tail latency). With it they wait their turn, first come first served. `None` on PostgreSQL.
+    write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite: when the planner's statistics were last refreshed (unix seconds; 0: never in this process).
+    analyzed_at: Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// The PostgreSQL channel on which each committed write names the users it changed, for other nodes' caches.
+pub const INVALIDATION_CHANNEL: &str = "scimgate_cache";
 
 fn table(kind: ResourceKind) -> &'static str {
     match kind {
@@ -82,9 +95,9 @@ pub(crate) enum Arg<'a> {
     Int(i64),
 }
 
-/// Most values one statement binds. SQLite allows 32,766 and PostgreSQL 65,535, but binding costs grow with the
-/// square of the count (sqlx looks each `$n` up by name, a linear scan in SQLite): a few hundred rows' worth per
-/// statement is already the bulk of the saving in round trips.
+/// Most values one statement binds. SQLite allows 32,766 and PostgreSQL 65,535; a few hundred values per statement
+/// is already the bulk of the saving in round trips. (On SQLite the rows use anonymous `?` placeholders: sqlx
+/// looks a named `$n` up by name, a linear scan per value, so named placeholders cost the square of the count.)
 const MAX_BINDS: usize = 256;
 
 /// `{head} VALUES (…), (…) {tail}` for `rows` of `width` values each, in as few statements as the bind limit
@@ -97,6 +110,7 @@ pub(crate) async fn insert_rows(
     rows: &[Vec<Arg<'_>>],
 ) -> Result<u64, sqlx::Error> {
     let mut affected = 0;
+    let positional = tx.backend_name() == "SQLite";
     for chunk in rows.chunks((MAX_BINDS / width.max(1)).clamp(1, 500)) {
         let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * width * 5);
         sql.push_str(head);
@@ -106,8 +120,15 @@ pub(crate) async fn insert_rows(
             sql.push_str(if r == 0 { "(" } else { ", (" });
             for c in 0..row.len() {
                 n += 1;
-                sql.push_str(if c == 0 { "$" } else { ", $" });
-                sql.push_str(&n.to_string());
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                if positional {
+                    sql.push('?');
+                } else {
+                    sql.push('$');
+                    sql.push_str(&n.to_string());
+                }
             }
             sql.push(')');
         }
@@ -158,6 +179,8 @@ impl SqlStore {
                     sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
                     sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
                     sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                    // 8 MiB of page cache per connection (the default is 2 MiB): index pages stay in memory.
+                    sqlx::query("PRAGMA cache_size = -8192").execute(&mut *conn).await?;
                     sqlx::query("PRAGMA case_sensitive_like = ON")
                         .execute(&mut *conn)
                         .await?;
@@ -173,7 +196,160 @@ impl SqlStore {
         };
         let pool = pool.connect(&url).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqlStore { pool, dialect })
+        Ok(SqlStore {
+            pool,
+            dialect,
+            cache: None,
+            write_turn: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            analyzed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        })
+    }
+
+    /// Wait for this process's turn to write (SQLite; at once on PostgreSQL). Hold the guard until the write
+    /// transaction has committed or rolled back.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_turn {
+            Some(m) => Some(m.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    /// SQLite: refresh the query planner's statistics (`ANALYZE`, sampled: `analysis_limit`) in the background,
+    /// at most once every 30 seconds, after a bulk write. Without statistics SQLite does not know that userName
+    /// is selective and answers an `or` of userName lookups by scanning the tenant in id order.
+    /// (PostgreSQL's autovacuum keeps its own.)
+    fn refresh_statistics(&self) {
+        use std::sync::atomic::Ordering;
+        if self.dialect != Dialect::Sqlite {
+            return;
+        }
+        let now = chrono::Utc::now().timestamp();
+        let last = self.analyzed_at.load(Ordering::Relaxed);
+        if now - last < 30
+            || self
+                .analyzed_at
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _turn = me.write_turn().await;
+            let run = async {
+                let mut conn = me.pool.acquire().await?;
+                sqlx::query("PRAGMA analysis_limit = 1000").execute(&mut *conn).await?;
+                sqlx::query("ANALYZE").execute(&mut *conn).await?;
+                Ok::<_, sqlx::Error>(())
+            };
+            if let Err(e) = run.await {
+                tracing::warn!(error = %e, "refreshing SQLite's planner statistics failed");
+            }
+        });
+    }
+
+    /// Keep a read cache of at most about `max_bytes`. On SQLite it answers at once (one process owns the file);
+    /// on PostgreSQL it answers only while [`SqlStore::listen_for_invalidations`] is connected.
+    pub fn with_cache(mut self, max_bytes: u64) -> Self {
+        self.cache = Some(Arc::new(ReadCache::new(max_bytes, self.dialect == Dialect::Sqlite)));
+        self
+    }
+
+    /// PostgreSQL: follow the other nodes' writes on [`INVALIDATION_CHANNEL`] and drop what they changed. While the
+    /// listening connection is down the cache is suspended (nothing cached answers), and it resumes empty, so a
+    /// notification missed in between cannot leave a stale answer. Runs until the task is aborted; a no-op
+    /// without a cache or on SQLite.
+    pub async fn listen_for_invalidations(&self, url: String) {
+        let Some(cache) = self.cache.clone() else { return };
+        if self.dialect != Dialect::Postgres {
+            return;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let listener = async {
+                let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+                l.listen(INVALIDATION_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            }
+            .await;
+            match listener {
+                Ok(mut l) => {
+                    cache.resume();
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(
+                        channel = INVALIDATION_CHANNEL,
+                        "read cache: following other nodes' writes"
+                    );
+                    loop {
+                        match l.try_recv().await {
+                            Ok(Some(n)) => match serde_json::from_str::<Touched>(n.payload()) {
+                                Ok(t) => t.apply(&cache),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "read cache: unreadable invalidation; dropping everything");
+                                    cache.invalidate_all();
+                                }
+                            },
+                            Ok(None) => {
+                                tracing::warn!("read cache: invalidation feed lost; cache suspended until it is back");
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "read cache: invalidation feed failed; cache suspended");
+                                break;
+                            }
+                        }
+                    }
+                    cache.suspend();
+                }
+                Err(e) => {
+                    cache.suspend();
+                    tracing::warn!(error = %e, "read cache: cannot listen for invalidations; cache suspended");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Announce, inside the write's transaction, the users it changed (PostgreSQL: delivered to every node's
+    /// listener when the transaction commits, and not at all if it rolls back).
+    async fn announce(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        dialect: Dialect,
+        touched: &Touched,
+    ) -> Result<(), StoreError> {
+        if dialect != Dialect::Postgres || touched.is_empty() {
+            return Ok(());
+        }
+        let payload = serde_json::to_string(touched).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(INVALIDATION_CHANNEL)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// After the commit: drop what the write changed from this node's cache.
+    fn invalidate(&self, touched: &Touched) {
+        if let Some(c) = &self.cache {
+            touched.apply(c);
+        }
+    }
+
+    /// Ids of a group's members, inside a transaction (a rename or delete changes every member's `groups`).
+    async fn member_ids(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant: &str,
+        group_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT member_id FROM scim_group_members WHERE tenant = $1 AND group_id = $2")
+                .bind(tenant)
+                .bind(group_id)
+                .fetch_all(&mut **tx)
+                .await?,
+        )
     }
 
     fn row(r: &AnyRow) -> Result<Stored, StoreError> {
@@ -225,7 +401,7 @@ impl SqlStore {
         w: &Write,
         members: &[Member],
         ts: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let doc_text = Self::doc_text(&w.doc)?;
         let res = match kind {
             ResourceKind::User => {
@@ -267,13 +443,14 @@ impl SqlStore {
             Err(e) if unique_violation(&e) => return Err(taken(kind)),
             r => r?,
         };
+        let mut touched = Vec::new();
         match kind {
             ResourceKind::User => Self::write_emails(tx, tenant, id, &w.doc).await?,
             ResourceKind::Group => {
-                Self::add_members(tx, dialect, tenant, id, members).await?;
+                Self::add_members(tx, dialect, tenant, id, members, &mut touched).await?;
             }
         }
-        Ok(())
+        Ok(touched)
     }
 
     /// Add members to a group, checking each exists in the tenant. Already-present members are left alone.
@@ -283,6 +460,7 @@ impl SqlStore {
         tenant: &str,
         group_id: &str,
         members: &[Member],
+        touched: &mut Vec<String>,
     ) -> Result<u64, StoreError> {
         let mut added = 0;
         for m in members {
@@ -327,6 +505,9 @@ impl SqlStore {
             .bind(&kind)
             .execute(&mut **tx)
             .await?;
+            if done.rows_affected() > 0 {
+                touched.push(m.value.clone());
+            }
             added += done.rows_affected();
         }
         Ok(added)
@@ -340,11 +521,14 @@ impl SqlStore {
         tenant: &str,
         group_id: &str,
         ops: &[MemberOp],
+        touched: &mut Vec<String>,
     ) -> Result<u64, StoreError> {
         let mut changed = 0;
         for op in ops {
             match op {
-                MemberOp::Add(list) => changed += Self::add_members(tx, dialect, tenant, group_id, list).await?,
+                MemberOp::Add(list) => {
+                    changed += Self::add_members(tx, dialect, tenant, group_id, list, touched).await?
+                }
                 MemberOp::Replace(list) => {
                     let current: Vec<String> = sqlx::query_scalar(
                         "SELECT member_id FROM scim_group_members WHERE tenant = $1 AND group_id = $2",
@@ -359,16 +543,16 @@ impl SqlStore {
                         .filter(|c| !wanted.contains(c.as_str()))
                         .cloned()
                         .collect();
-                    changed += Self::remove_members(tx, tenant, group_id, &gone).await?;
+                    changed += Self::remove_members(tx, tenant, group_id, &gone, touched).await?;
                     let have: std::collections::HashSet<&str> = current.iter().map(String::as_str).collect();
                     let new: Vec<Member> = list
                         .iter()
                         .filter(|m| !have.contains(m.value.as_str()))
                         .cloned()
                         .collect();
-                    changed += Self::add_members(tx, dialect, tenant, group_id, &new).await?;
+                    changed += Self::add_members(tx, dialect, tenant, group_id, &new, touched).await?;
                 }
-                MemberOp::Remove(ids) => changed += Self::remove_members(tx, tenant, group_id, ids).await?,
+                MemberOp::Remove(ids) => changed += Self::remove_members(tx, tenant, group_id, ids, touched).await?,
                 MemberOp::RemoveWhere(_) => {
                     return Err(StoreError::InvalidMember(
                         "member filters must be resolved to ids before they reach the store".into(),
@@ -384,6 +568,7 @@ impl SqlStore {
         tenant: &str,
         group_id: &str,
         ids: &[String],
+        touched: &mut Vec<String>,
     ) -> Result<u64, StoreError> {
         let mut removed = 0;
         for id in ids {
@@ -394,6 +579,9 @@ impl SqlStore {
                     .bind(id)
                     .execute(&mut **tx)
                     .await?;
+            if done.rows_affected() > 0 {
+                touched.push(id.clone());
+            }
             removed += done.rows_affected();
         }
         Ok(removed)
@@ -566,11 +754,17 @@ impl Store for SqlStore {
         members: &[Member],
     ) -> Result<Stored, StoreError> {
         let ts = now();
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        Self::insert_new(&mut tx, self.dialect, tenant, kind, id, &w, members, &ts).await?;
+        let touched = Touched::users(
+            tenant,
+            Self::insert_new(&mut tx, self.dialect, tenant, kind, id, &w, members, &ts).await?,
+        );
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
+        Self::announce(&mut tx, self.dialect, &touched).await?;
         tx.commit().await?;
+        self.invalidate(&touched);
         Ok(Stored {
             id: id.to_string(),
             version: 1,
@@ -592,9 +786,11 @@ impl Store for SqlStore {
         if kind == ResourceKind::Group {
             // Groups are not batched by the service; one transaction still, a row at a time.
             let ts = now();
+            let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             let mut audit = Vec::new();
             for (id, w) in &items {
+                // No members: nothing cached changes.
                 Self::insert_new(&mut tx, self.dialect, tenant, kind, id, w, &[], &ts).await?;
                 lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
                 audit.extend(lifecycle::audit_entries(&w.audit, &w.effects));
@@ -698,6 +894,8 @@ impl Store for SqlStore {
             .map(|(e, o)| crate::outbox::insert_args(tenant, &e.identity_id, 1, &ts, o))
             .collect();
 
+        let _turn = self.write_turn().await;
+
         let mut tx = self.pool.begin().await?;
         let head = "INSERT INTO scim_users (tenant, id, user_name, user_name_lower, external_id, display_name_lower, \
                     version, created, last_modified, password_hash, doc, employee_number)";
@@ -732,6 +930,10 @@ impl Store for SqlStore {
             .collect();
         crate::audit::append_tx(&mut tx, tenant, &ts, &audit).await?;
         tx.commit().await?;
+        drop(_turn);
+        if items.len() >= 100 {
+            self.refresh_statistics();
+        }
         Ok(stored_all(items, &ts))
     }
 
@@ -760,11 +962,13 @@ impl Store for SqlStore {
     ) -> Result<Stored, StoreError> {
         let ts = now();
         let doc_text = Self::doc_text(&w.doc)?;
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         // Lock the row at the expected version first (PostgreSQL: concurrent member changes to one group queue
         // here instead of deadlocking on member rows), then membership, counting real changes.
         let locked = sqlx::query(&format!(
-            "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND version = $3 AND archived_at IS NULL",
+            "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3) \
+             AND archived_at IS NULL",
             table(kind)
         ))
         .bind(tenant)
@@ -775,14 +979,18 @@ impl Store for SqlStore {
         if locked.rows_affected() == 0 {
             return Err(Self::missing_or_moved(&mut tx, tenant, kind, id).await?);
         }
+        let mut touched = Vec::new();
         let member_changes = match kind {
-            ResourceKind::Group => Self::apply_member_ops(&mut tx, self.dialect, tenant, id, members).await?,
+            ResourceKind::Group => {
+                Self::apply_member_ops(&mut tx, self.dialect, tenant, id, members, &mut touched).await?
+            }
             ResourceKind::User => 0,
         };
         let res = if !w.doc_changed && member_changes == 0 {
             // Nothing changes: confirm the version is current and keep it (an IdP re-push must not move ETags).
             sqlx::query(&format!(
-                "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND version = $3 AND archived_at IS NULL",
+                "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3) \
+             AND archived_at IS NULL",
                 table(kind)
             ))
             .bind(tenant)
@@ -793,10 +1001,24 @@ impl Store for SqlStore {
         } else {
             match kind {
                 ResourceKind::User => Self::update_user(&mut tx, tenant, id, expect, &w, &doc_text, &ts, false).await,
+                // Only the membership changed: bump the version, keep the stored document (with a negative
+                // `expect` the caller's copy may predate a concurrent rename).
+                ResourceKind::Group if !w.doc_changed => {
+                    sqlx::query(
+                        "UPDATE scim_groups SET version = version + 1, last_modified = $1 \
+                         WHERE tenant = $2 AND id = $3 AND ($4 < 0 OR version = $4) AND archived_at IS NULL",
+                    )
+                    .bind(&ts)
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(expect)
+                    .execute(&mut *tx)
+                    .await
+                }
                 ResourceKind::Group => {
                     sqlx::query(
                         "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
-                         last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND version = $7 \
+                         last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND ($7 < 0 OR version = $7) \
                          AND archived_at IS NULL",
                     )
                     .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
@@ -820,11 +1042,18 @@ impl Store for SqlStore {
         }
         if kind == ResourceKind::User && w.doc_changed {
             Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
+            touched.push(id.to_string());
         }
+        if kind == ResourceKind::Group && w.doc_changed {
+            // The displayName shows in every member's `groups`.
+            touched.extend(Self::member_ids(&mut tx, tenant, id).await?);
+        }
+        let touched = Touched::users(tenant, touched);
+        Self::announce(&mut tx, self.dialect, &touched).await?;
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
-        let (version, created, last_modified): (i64, String, String) = sqlx::query_as(&format!(
-            "SELECT version, created, last_modified FROM {} WHERE tenant = $1 AND id = $2",
+        let (version, created, last_modified, stored_doc): (i64, String, String, String) = sqlx::query_as(&format!(
+            "SELECT version, created, last_modified, doc FROM {} WHERE tenant = $1 AND id = $2",
             table(kind)
         ))
         .bind(tenant)
@@ -832,12 +1061,18 @@ impl Store for SqlStore {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.invalidate(&touched);
+        let doc = if w.doc_changed {
+            w.doc
+        } else {
+            serde_json::from_str(&stored_doc).map_err(|e| StoreError::Corrupt(e.to_string()))?
+        };
         Ok(Stored {
             id: id.to_string(),
             version,
             created,
             last_modified,
-            doc: w.doc,
+            doc,
         })
     }
 
@@ -851,6 +1086,7 @@ impl Store for SqlStore {
         audit: &[crate::audit::AuditEntry],
     ) -> Result<(), StoreError> {
         let ts = now();
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         // Users are archived, not erased: the identity stays for leaver processing, audit and rehire.
         let sql = match kind {
@@ -872,6 +1108,14 @@ impl Store for SqlStore {
         if done.rows_affected() == 0 {
             return Err(Self::missing_or_moved(&mut tx, tenant, kind, id).await?);
         }
+        let touched = Touched::users(
+            tenant,
+            match kind {
+                ResourceKind::User => vec![id.to_string()],
+                ResourceKind::Group => Self::member_ids(&mut tx, tenant, id).await?,
+            },
+        );
+        Self::announce(&mut tx, self.dialect, &touched).await?;
         sqlx::query("DELETE FROM scim_group_members WHERE tenant = $1 AND (member_id = $2 OR group_id = $2)")
             .bind(tenant)
             .bind(id)
@@ -880,6 +1124,7 @@ impl Store for SqlStore {
         lifecycle::apply(&mut tx, tenant, &ts, effects).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(audit, effects)).await?;
         tx.commit().await?;
+        self.invalidate(&touched);
         Ok(())
     }
 
@@ -966,9 +1211,43 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn groups_of_many(
+        &self,
+        tenant: &str,
+        member_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<(String, String)>>, StoreError> {
+        let mut out: std::collections::HashMap<String, Vec<(String, String)>> = std::collections::HashMap::new();
+        for chunk in member_ids.chunks(MAX_BINDS - 1) {
+            let mut sql = String::from(
+                "SELECT m.member_id, g.id, g.doc FROM scim_group_members m JOIN scim_groups g \
+                 ON g.tenant = m.tenant AND g.id = m.group_id WHERE m.tenant = $1 AND m.member_id IN (",
+            );
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "$" } else { ", $" });
+                sql.push_str(&(i + 2).to_string());
+            }
+            sql.push_str(") ORDER BY m.member_id, g.id");
+            let mut q = sqlx::query_as::<_, (String, String, String)>(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for (member, id, doc) in q.fetch_all(&self.pool).await? {
+                let doc: Map<String, Value> =
+                    serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let name = str_at(&doc, "displayName").unwrap_or_default().to_string();
+                out.entry(member).or_default().push((id, name));
+            }
+        }
+        Ok(out)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn read_cache(&self) -> Option<&ReadCache> {
+        self.cache.as_deref()
     }
 }
 
@@ -986,12 +1265,17 @@ impl SqlStore {
             where_.push_str(" AND ");
             where_.push_str(p);
         }
-        let count_sql = format!("SELECT COUNT(*) FROM {} r WHERE {where_}", table(kind));
-        let mut cq = sqlx::query_scalar::<_, i64>(&count_sql);
-        for b in &binds {
-            cq = cq.bind(b);
-        }
-        let total = usize::try_from(cq.fetch_one(&self.pool).await?).unwrap_or(0);
+        let total = match q.total {
+            Some(t) => t,
+            None => {
+                let count_sql = format!("SELECT COUNT(*) FROM {} r WHERE {where_}", table(kind));
+                let mut cq = sqlx::query_scalar::<_, i64>(&count_sql);
+                for b in &binds {
+                    cq = cq.bind(b);
+                }
+                usize::try_from(cq.fetch_one(&self.pool).await?).unwrap_or(0)
+            }
+        };
         let order = match (&sort_col, &q.sort) {
             (Some(c), Some((_, desc))) => {
                 format!(
@@ -1146,6 +1430,7 @@ impl LifecycleStore for SqlStore {
     async fn revive(&self, tenant: &str, id: &str, expect: i64, w: Write) -> Result<Stored, StoreError> {
         let ts = now();
         let doc_text = Self::doc_text(&w.doc)?;
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let res = Self::update_user(&mut tx, tenant, id, expect, &w, &doc_text, &ts, true).await;
         let done = match res {
@@ -1156,6 +1441,8 @@ impl LifecycleStore for SqlStore {
             return Err(StoreError::VersionMismatch);
         }
         Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
+        let touched = Touched::users(tenant, vec![id.to_string()]);
+        Self::announce(&mut tx, self.dialect, &touched).await?;
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
         let created: String = sqlx::query_scalar("SELECT created FROM scim_users WHERE tenant = $1 AND id = $2")
@@ -1164,6 +1451,7 @@ impl LifecycleStore for SqlStore {
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.invalidate(&touched);
         Ok(Stored {
             id: id.to_string(),
             version: expect + 1,
@@ -1175,6 +1463,7 @@ impl LifecycleStore for SqlStore {
 
     async fn apply_effects(&self, tenant: &str, effects: &[Effects]) -> Result<(), StoreError> {
         let ts = now();
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         lifecycle::apply(&mut tx, tenant, &ts, effects).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&[], effects)).await?;

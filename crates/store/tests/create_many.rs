@@ -143,6 +143,7 @@ async fn create_many_is_all_or_nothing_and_writes_what_create_writes() {
                 start: scimgate_store::Start::Offset(0),
                 count: 10,
                 lowering: true,
+                total: None,
             },
         )
         .await

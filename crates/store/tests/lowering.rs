@@ -219,6 +219,7 @@ fn check_backend(store: SqlStore, rt: tokio::runtime::Runtime) {
                         start: Start::Offset(offset),
                         count: 1000,
                         lowering,
+                        total: None,
                     };
                     rt.block_on(store.query(tenant, ResourceKind::User, &q))
                         .map_err(|e| TestCaseError::fail(e.to_string()))
