@@ -276,7 +276,9 @@ async fn secrets_never_reach_the_logs() {
         gw.call("DELETE", &format!("/Users/{id}"), None).await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let logs = gw.logs();
-        assert!(logs.lines().count() > 2, "the gateway logged at {level}");
+        // At info: the start-up lines and the delete (a create is a debug line: the audit trail records every
+        // create, and a line per create cost a third of a create's CPU under load).
+        assert!(logs.lines().count() >= 2, "the gateway logged at {level}");
         for secret in [
             TOKEN,
             password.as_str(),
