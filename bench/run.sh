@@ -176,6 +176,11 @@ make_group() {
 }
 
 count_members() { # SERVER GROUP_ID
+  # The peer takes minutes to serialise a 100k-member group: its counts are not read.
+  if [[ "$1" == peer ]]; then
+    echo "n/a"
+    return
+  fi
   scim "$1" GET "/Groups/$2?attributes=members" | grep -o '"value": *"' | wc -l
 }
 

@@ -15,9 +15,8 @@
 # Writes bench/results/scale.md (per-page times in bench/results/scale-raw/) and prints it.
 #
 # Knobs (environment): BENCH_USERS=1000000, BENCH_BULK_OPS=1000, BENCH_BURST=10s (0: no burst),
-# BENCH_CONNECTIONS=32, BENCH_THREADS=nproc, BENCH_TIMEOUT=10s, BENCH_PAGE=1000 (scimgate's max_page_size; every page
-# also counts all users, so pages of 100 through 1M users take about a quarter of an hour), BENCH_SKIP_BUILD=1,
-# BENCH_IDLE_WAIT=600, BENCH_TMPDIR=DIR
+# BENCH_CONNECTIONS=32, BENCH_THREADS=nproc, BENCH_TIMEOUT=10s, BENCH_PAGE=100 (scimgate's default page size),
+# BENCH_SKIP_BUILD=1, BENCH_IDLE_WAIT=600, BENCH_TMPDIR=DIR
 # (1M users take about 2.3 GB of SQLite file there).
 # PID_scimgate, URL_scimgate, AUTH_scimgate, DESC_scimgate: set by start_scimgate in lib.sh (printf -v).
 # shellcheck disable=SC2154
@@ -36,7 +35,7 @@ BURST=${BENCH_BURST:-10s}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
 THREADS=${BENCH_THREADS:-$(nproc)}
 TIMEOUT=${BENCH_TIMEOUT:-10s}
-PAGE=${BENCH_PAGE:-1000}
+PAGE=${BENCH_PAGE:-100}
 
 need curl
 need awk

@@ -228,6 +228,41 @@ impl ScimService {
         })
     }
 
+    /// A ticket for writing a new user's answer through to the read cache: taken before the create, so that an
+    /// invalidation between the commit and the fill (a group push adding the user at once) drops the fill (see
+    /// `scimgate_store::cache`). Only creates are written through: an update's own invalidation after its commit
+    /// would drop the fill, and a fill after that could be older than a concurrent later update.
+    fn write_ticket(&self, tenant: &str, kind: ResourceKind, id: &str) -> Option<scimgate_store::cache::Ticket> {
+        (kind == ResourceKind::User)
+            .then(|| self.store.read_cache().map(|c| c.ticket(tenant, id)))
+            .flatten()
+    }
+
+    /// The answer to a create. A new user's default answer is also written through to the read cache (the IdP's
+    /// next GET or `userName eq` lookup is a hit), serialised once for both.
+    async fn output_created(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        s: &Stored,
+        proj: &Projection,
+        status: StatusCode,
+        ticket: Option<scimgate_store::cache::Ticket>,
+    ) -> Result<Output, ApiError> {
+        let (Some(ticket), Some(cache), true) = (ticket, self.store.read_cache(), *proj == Projection::Default) else {
+            return self.output(cx, kind, s, proj, status).await;
+        };
+        let r = self.render_user(cx, s, status == StatusCode::CREATED).await?;
+        let r = cache.put(ticket, &cx.tenant.id, &s.id, r);
+        Ok(Output {
+            status,
+            body: None,
+            raw: Some(r.body.clone()),
+            etag: Some(etag(s.version)),
+            location: (status == StatusCode::CREATED).then(|| self.location(cx, kind, &s.id)),
+        })
+    }
+
     pub fn projection(
         &self,
         kind: ResourceKind,
@@ -343,6 +378,7 @@ impl ScimService {
             }
         }
         let (id, w) = self.new_write(cx, kind, doc, password, &members).await?;
+        let ticket = self.write_ticket(tenant, kind, &id);
         let stored = match kind {
             // Concurrent user creates share a transaction (group commit); see `group_commit`.
             ResourceKind::User => self.creates.create_user(tenant, id, w).await.map_err(|e| match e {
@@ -352,7 +388,8 @@ impl ScimService {
             ResourceKind::Group => self.store.create(tenant, kind, &id, w, &members).await?,
         };
         tracing::debug!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
-        self.output(cx, kind, &stored, proj, StatusCode::CREATED).await
+        self.output_created(cx, kind, &stored, proj, StatusCode::CREATED, ticket)
+            .await
     }
 
     /// What creating a new resource writes: a fresh id, the lifecycle effects (users: the policy decision;
@@ -464,13 +501,13 @@ impl ScimService {
         }
         let ticket = cache.ticket(tenant, id);
         let s = self.load(cx, ResourceKind::User, id).await?;
-        let r = self.render_user(cx, &s).await?;
+        let r = self.render_user(cx, &s, false).await?;
         Ok(Some(cache.put(ticket, tenant, id, r)))
     }
 
-    async fn render_user(&self, cx: &Ctx, s: &Stored) -> Result<Rendered, ApiError> {
+    async fn render_user(&self, cx: &Ctx, s: &Stored, fresh: bool) -> Result<Rendered, ApiError> {
         let kind = ResourceKind::User;
-        let doc = self.full_doc(cx, kind, s, &Projection::Default, false).await?;
+        let doc = self.full_doc(cx, kind, s, &Projection::Default, fresh).await?;
         let body =
             serde_json::to_vec(&render(&self.reg, kind, &doc, &Projection::Default)).map_err(ApiError::internal)?;
         Ok(Rendered {
@@ -546,7 +583,7 @@ impl ScimService {
                                 if s.doc.get("userName").and_then(Value::as_str).map(str::to_lowercase)
                                     == Some(lower.clone()) =>
                             {
-                                let r = self.render_user(cx, &s).await?;
+                                let r = self.render_user(cx, &s, false).await?;
                                 Some(cache.put(ticket, tenant, &s.id, r))
                             }
                             // Changed in between: let the general path answer.
@@ -1147,8 +1184,20 @@ impl ScimService {
         let kind = ResourceKind::User;
         let (idx, items): (Vec<usize>, Vec<(String, Write)>) = batch.into_iter().map(|(i, id, w)| (i, (id, w))).unzip();
         let n = items.len();
+        let tickets: Vec<_> = items
+            .iter()
+            .map(|(id, _)| self.write_ticket(tenant, kind, id))
+            .collect();
         match self.store.create_many(tenant, kind, items).await {
             Ok(stored) => {
+                // Written through to the read cache, as a single create is: a load is usually read back.
+                if let Some(cache) = self.store.read_cache() {
+                    for (s, t) in stored.iter().zip(&tickets) {
+                        if let (Some(t), Ok(r)) = (t, self.render_user(cx, s, true).await) {
+                            cache.put(*t, tenant, &s.id, r);
+                        }
+                    }
+                }
                 for (i, s) in idx.into_iter().zip(stored) {
                     tracing::debug!(tenant = %tenant, kind = kind.as_str(), id = %s.id, "created");
                     let out = Output {
@@ -1216,12 +1265,12 @@ impl ScimService {
                 )));
             }
         };
-        let new_id = out
-            .body
-            .as_ref()
-            .and_then(|b| b.get("id"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let new_id = match (&out.body, &out.location) {
+            (Some(b), _) => b.get("id").and_then(Value::as_str).map(str::to_string),
+            // A pre-serialised answer to a create: its id ends its Location.
+            (None, Some(l)) if out.status == StatusCode::CREATED => l.rsplit('/').next().map(str::to_string),
+            _ => None,
+        };
         let location = out
             .location
             .clone()

@@ -365,6 +365,12 @@ async fn the_read_cache_never_answers_stale() {
     let (s, v, _) = send(&st, Method::POST, "/scim/v2/Users", Some(TOKEN), Some(user)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let id = v["id"].as_str().expect("id").to_string();
+    let cached = st.service.store.read_cache().and_then(|c| c.get("t", &id));
+    assert_eq!(
+        cached.map(|r| serde_json::from_slice::<Value>(&r.body).expect("json")),
+        Some(v.clone()),
+        "a create is written through to the cache, exactly as answered"
+    );
     let (_, first, h1) = get(id.clone()).await;
     let (_, second, h2) = get(id.clone()).await;
     assert_eq!(first, second, "a cache hit answers exactly what the store answered");

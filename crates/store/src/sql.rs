@@ -214,15 +214,12 @@ impl SqlStore {
         }
     }
 
-    /// SQLite: refresh the query planner's statistics (`ANALYZE`, sampled: `analysis_limit`) in the background,
-    /// at most once every 30 seconds, after a bulk write. Without statistics SQLite does not know that userName
-    /// is selective and answers an `or` of userName lookups by scanning the tenant in id order.
-    /// (PostgreSQL's autovacuum keeps its own.)
+    /// Refresh the query planner's statistics in the background, at most once every 30 seconds, after a bulk
+    /// write (a Bulk load, a group given hundreds of members). Without them SQLite does not know that userName is
+    /// selective (an `or` of userName lookups scans the tenant), and PostgreSQL, until autovacuum gets to it,
+    /// plans for the tables as they were before the load (it walks a 100k-member group to find one user's groups).
     fn refresh_statistics(&self) {
         use std::sync::atomic::Ordering;
-        if self.dialect != Dialect::Sqlite {
-            return;
-        }
         let now = chrono::Utc::now().timestamp();
         let last = self.analyzed_at.load(Ordering::Relaxed);
         if now - last < 30
@@ -238,12 +235,18 @@ impl SqlStore {
             let _turn = me.write_turn().await;
             let run = async {
                 let mut conn = me.pool.acquire().await?;
-                sqlx::query("PRAGMA analysis_limit = 1000").execute(&mut *conn).await?;
-                sqlx::query("ANALYZE").execute(&mut *conn).await?;
+                if me.dialect == Dialect::Sqlite {
+                    sqlx::query("PRAGMA analysis_limit = 1000").execute(&mut *conn).await?;
+                    sqlx::query("ANALYZE").execute(&mut *conn).await?;
+                } else {
+                    sqlx::query("ANALYZE scim_users, scim_groups, scim_group_members, scim_user_emails")
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 Ok::<_, sqlx::Error>(())
             };
             if let Err(e) = run.await {
-                tracing::warn!(error = %e, "refreshing SQLite's planner statistics failed");
+                tracing::warn!(error = %e, "refreshing the planner statistics failed");
             }
         });
     }
@@ -617,6 +620,15 @@ impl SqlStore {
         }
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(Self::row).collect()
+    }
+
+    /// PostgreSQL: `OFFSET 0` keeps a subquery from being flattened into the query around it (SQLite's planner
+    /// already looks memberships up by member, and it rejects OFFSET without LIMIT).
+    fn fence(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " OFFSET 0",
+        }
     }
 
     fn ordered_id(&self) -> &'static str {
@@ -1062,6 +1074,9 @@ impl Store for SqlStore {
         .await?;
         tx.commit().await?;
         self.invalidate(&touched);
+        if member_changes >= 100 {
+            self.refresh_statistics();
+        }
         let doc = if w.doc_changed {
             w.doc
         } else {
@@ -1194,10 +1209,11 @@ impl Store for SqlStore {
     }
 
     async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT g.id, g.doc FROM scim_group_members m JOIN scim_groups g ON g.tenant = m.tenant AND g.id = m.group_id \
-             WHERE m.tenant = $1 AND m.member_id = $2 ORDER BY g.id",
-        )
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT g.id, g.doc FROM (SELECT tenant, group_id FROM scim_group_members WHERE tenant = $1 \
+             AND member_id = $2{}) m JOIN scim_groups g ON g.tenant = m.tenant AND g.id = m.group_id ORDER BY g.id",
+            self.fence()
+        ))
         .bind(tenant)
         .bind(member_id)
         .fetch_all(&self.pool)
@@ -1219,14 +1235,22 @@ impl Store for SqlStore {
         let mut out: std::collections::HashMap<String, Vec<(String, String)>> = std::collections::HashMap::new();
         for chunk in member_ids.chunks(MAX_BINDS - 1) {
             let mut sql = String::from(
-                "SELECT m.member_id, g.id, g.doc FROM scim_group_members m JOIN scim_groups g \
-                 ON g.tenant = m.tenant AND g.id = m.group_id WHERE m.tenant = $1 AND m.member_id IN (",
+                // The memberships are looked up by member first (`OFFSET 0` keeps PostgreSQL from flattening the
+                // subquery): with statistics from before a large group was loaded, its planner otherwise walks
+                // every member of every group.
+                "SELECT m.member_id, g.id, g.doc FROM (SELECT tenant, group_id, member_id FROM scim_group_members \
+                 WHERE tenant = $1 AND member_id IN (",
             );
             for i in 0..chunk.len() {
                 sql.push_str(if i == 0 { "$" } else { ", $" });
                 sql.push_str(&(i + 2).to_string());
             }
-            sql.push_str(") ORDER BY m.member_id, g.id");
+            sql.push(')');
+            sql.push_str(self.fence());
+            sql.push_str(
+                ") m JOIN scim_groups g ON g.tenant = m.tenant AND g.id = m.group_id \
+                 ORDER BY m.member_id, g.id",
+            );
             let mut q = sqlx::query_as::<_, (String, String, String)>(&sql).bind(tenant);
             for id in chunk {
                 q = q.bind(*id);
@@ -1591,9 +1615,11 @@ impl LifecycleStore for SqlStore {
         }
         let marks: Vec<String> = (0..out.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
-            "SELECT m.member_id, g.doc FROM scim_group_members m JOIN scim_groups g ON g.tenant = m.tenant \
-             AND g.id = m.group_id WHERE m.tenant = $1 AND m.member_id IN ({})",
-            marks.join(", ")
+            "SELECT m.member_id, g.doc FROM (SELECT tenant, group_id, member_id FROM scim_group_members \
+             WHERE tenant = $1 AND member_id IN ({}){}) m JOIN scim_groups g ON g.tenant = m.tenant \
+             AND g.id = m.group_id",
+            marks.join(", "),
+            self.fence()
         );
         let mut q = sqlx::query_as::<_, (String, String)>(&sql).bind(tenant);
         for row in &out {
