@@ -38,9 +38,13 @@ pub struct Ticket {
 /// Invalidation counters: one per stripe of keys, bumped before a key is dropped.
 const STRIPES: usize = 4096;
 
-/// More ids than this in one change and the whole cache is dropped instead (a group rename with thousands of
-/// members; a notification payload has to stay under PostgreSQL's 8000 bytes).
-pub const MAX_IDS_PER_CHANGE: usize = 100;
+/// More ids than this in one change and the whole cache is dropped instead (the rename of a group with more
+/// members than this). Below it, ids are dropped one by one: an IdP pushing a thousand members into a group does
+/// not empty the cache.
+pub const MAX_IDS_PER_CHANGE: usize = 10_000;
+
+/// Ids per PostgreSQL notification: a payload has to stay under 8000 bytes (a UUID id is 36 of them).
+pub const IDS_PER_NOTIFICATION: usize = 100;
 
 pub struct ReadCache {
     users: moka::sync::Cache<String, Arc<Rendered>>,
@@ -216,6 +220,20 @@ impl Touched {
         self.ids.as_ref().is_some_and(Vec::is_empty)
     }
 
+    /// The notifications that carry this change to other nodes, each small enough for `pg_notify`.
+    pub fn notifications(&self) -> Vec<Touched> {
+        match &self.ids {
+            Some(ids) => ids
+                .chunks(IDS_PER_NOTIFICATION)
+                .map(|c| Touched {
+                    tenant: self.tenant.clone(),
+                    ids: Some(c.to_vec()),
+                })
+                .collect(),
+            None => vec![self.clone()],
+        }
+    }
+
     pub fn apply(&self, cache: &ReadCache) {
         match &self.ids {
             Some(ids) => cache.invalidate(&self.tenant, ids),
@@ -288,8 +306,15 @@ mod tests {
     fn touched_lists_ids_up_to_the_limit_then_drops_everything() {
         let few = Touched::users("t", vec!["a".into()]);
         assert_eq!(few.ids.as_deref().map(<[String]>::len), Some(1));
+        let thousand = Touched::users("t", (0..1000).map(|i| i.to_string()).collect());
+        let parts = thousand.notifications();
+        assert_eq!(parts.len(), 10, "a thousand ids go out in notifications of a hundred");
+        for p in &parts {
+            assert!(serde_json::to_string(p).expect("json").len() < 8000);
+        }
         let many = Touched::users("t", (0..=MAX_IDS_PER_CHANGE).map(|i| i.to_string()).collect());
         assert!(many.ids.is_none());
+        assert_eq!(many.notifications().len(), 1);
         let c = ReadCache::new(1 << 20, true);
         c.put(c.ticket("t", "u1"), "t", "u1", r(1, "alice"));
         many.apply(&c);

@@ -324,12 +324,14 @@ impl SqlStore {
         if dialect != Dialect::Postgres || touched.is_empty() {
             return Ok(());
         }
-        let payload = serde_json::to_string(touched).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(INVALIDATION_CHANNEL)
-            .bind(payload)
-            .execute(&mut **tx)
-            .await?;
+        for part in touched.notifications() {
+            let payload = serde_json::to_string(&part).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(INVALIDATION_CHANNEL)
+                .bind(payload)
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(())
     }
 
