@@ -196,6 +196,25 @@ impl SqlStore {
         };
         let pool = pool.connect(&url).await?;
         MIGRATOR.run(&pool).await?;
+        if dialect == Dialect::Postgres {
+            // Keyset paging orders ids by byte order (`COLLATE "C"`, as Rust compares them), which the primary key
+            // in the database's collation cannot serve: without these a cursor page sorts the whole tenant.
+            // PostgreSQL only (SQLite's order is already byte order), so here rather than in the shared migrations;
+            // CONCURRENTLY, so an upgrade does not block writes while a large table is indexed.
+            for (name, table) in [
+                ("scim_users_keyset", "scim_users"),
+                ("scim_groups_keyset", "scim_groups"),
+            ] {
+                let ddl = format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} (tenant, id COLLATE \"C\") \
+                     WHERE archived_at IS NULL"
+                );
+                if let Err(e) = sqlx::query(&ddl).execute(&pool).await {
+                    // Another node creating it at the same moment; paging works without it, only slower.
+                    tracing::warn!(index = name, error = %e, "could not create the keyset index");
+                }
+            }
+        }
         Ok(SqlStore {
             pool,
             dialect,
