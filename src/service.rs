@@ -452,7 +452,7 @@ impl ScimService {
         Ok(patch::split_members(&self.reg, vec![op])?.0)
     }
 
-    #[tracing::instrument(name = "scim.get", skip_all, fields(tenant = %cx.tenant.id))]
+    #[tracing::instrument(name = "scim.get", level = "debug", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn get(
         &self,
         cx: &Ctx,
@@ -936,7 +936,7 @@ impl ScimService {
     }
 
     /// List or search one resource type, or both (root `.search`) when `kind` is `None`.
-    #[tracing::instrument(name = "scim.list", skip_all, fields(tenant = %cx.tenant.id))]
+    #[tracing::instrument(name = "scim.list", level = "debug", skip_all, fields(tenant = %cx.tenant.id))]
     pub async fn list(&self, cx: &Ctx, kind: Option<ResourceKind>, p: &ListParams) -> Result<Value, ApiError> {
         let kinds: Vec<ResourceKind> = match kind {
             Some(k) => vec![k],
