@@ -95,6 +95,19 @@ pub struct Output {
     pub location: Option<String>,
 }
 
+impl Output {
+    /// A user's pre-serialised answer from the read cache.
+    fn cached(status: StatusCode, r: &Rendered, location: Option<String>) -> Self {
+        Output {
+            status,
+            body: None,
+            raw: Some(r.body.clone()),
+            etag: Some(etag(r.version)),
+            location,
+        }
+    }
+}
+
 /// List parameters, from a query string or a SearchRequest body.
 #[derive(Debug, Default, Clone)]
 pub struct ListParams {
@@ -136,15 +149,16 @@ impl ScimService {
         format!("{}/{}/{}", cx.base_url, kind.endpoint(), id)
     }
 
-    /// The full document for output: stored attributes plus id, meta, and members or groups. `fresh`: a user
-    /// just created or rehired, which is in no group yet (archiving removes memberships), so none are looked up.
+    /// The full document for output: stored attributes plus id, meta, and members or groups. `groups_known`: the
+    /// caller supplies a user's groups, so none are looked up here (a user just created or rehired is in none:
+    /// archiving removes memberships; a page of a list looks them up for all its users at once).
     async fn full_doc(
         &self,
         cx: &Ctx,
         kind: ResourceKind,
         s: &Stored,
         proj: &Projection,
-        fresh: bool,
+        groups_known: bool,
     ) -> Result<Map<String, Value>, ApiError> {
         let mut doc = s.doc.clone();
         doc.insert("id".into(), Value::String(s.id.clone()));
@@ -174,7 +188,7 @@ impl ScimService {
                     doc.insert("members".into(), Value::Array(list));
                 }
             }
-            ResourceKind::User if proj.may_return("groups") && !fresh => {
+            ResourceKind::User if proj.may_return("groups") && !groups_known => {
                 let groups = self.store.groups_of(tenant, &s.id).await?;
                 attach_groups(cx, &mut doc, groups);
             }
@@ -202,7 +216,6 @@ impl ScimService {
         let mut groups = self.store.groups_of_many(&cx.tenant.id, &ids).await?;
         let mut out = Vec::with_capacity(rows.len());
         for s in rows {
-            // `fresh` skips the per-user lookup; the page's lookup supplies the groups.
             let mut doc = self.full_doc(cx, kind, s, proj, true).await?;
             attach_groups(cx, &mut doc, groups.remove(&s.id).unwrap_or_default());
             out.push(doc);
@@ -246,21 +259,18 @@ impl ScimService {
         kind: ResourceKind,
         s: &Stored,
         proj: &Projection,
-        status: StatusCode,
         ticket: Option<scimgate_store::cache::Ticket>,
     ) -> Result<Output, ApiError> {
         let (Some(ticket), Some(cache), true) = (ticket, self.store.read_cache(), *proj == Projection::Default) else {
-            return self.output(cx, kind, s, proj, status).await;
+            return self.output(cx, kind, s, proj, StatusCode::CREATED).await;
         };
-        let r = self.render_user(cx, s, status == StatusCode::CREATED).await?;
+        let r = self.render_user(cx, s, true).await?;
         let r = cache.put(ticket, &cx.tenant.id, &s.id, r);
-        Ok(Output {
-            status,
-            body: None,
-            raw: Some(r.body.clone()),
-            etag: Some(etag(s.version)),
-            location: (status == StatusCode::CREATED).then(|| self.location(cx, kind, &s.id)),
-        })
+        Ok(Output::cached(
+            StatusCode::CREATED,
+            &r,
+            Some(self.location(cx, kind, &s.id)),
+        ))
     }
 
     pub fn projection(
@@ -388,8 +398,7 @@ impl ScimService {
             ResourceKind::Group => self.store.create(tenant, kind, &id, w, &members).await?,
         };
         tracing::debug!(tenant = %cx.tenant.id, kind = kind.as_str(), id = %stored.id, "created");
-        self.output_created(cx, kind, &stored, proj, StatusCode::CREATED, ticket)
-            .await
+        self.output_created(cx, kind, &stored, proj, ticket).await
     }
 
     /// What creating a new resource writes: a fresh id, the lifecycle effects (users: the policy decision;
@@ -470,13 +479,7 @@ impl ScimService {
             {
                 return Err(ApiError::NotModified(etag(r.version)));
             }
-            return Ok(Output {
-                status: StatusCode::OK,
-                body: None,
-                raw: Some(r.body.clone()),
-                etag: Some(etag(r.version)),
-                location: None,
-            });
+            return Ok(Output::cached(StatusCode::OK, &r, None));
         }
         let s = self.load(cx, kind, id).await?;
         if let Some(inm) = &pre.if_none_match
@@ -505,9 +508,9 @@ impl ScimService {
         Ok(Some(cache.put(ticket, tenant, id, r)))
     }
 
-    async fn render_user(&self, cx: &Ctx, s: &Stored, fresh: bool) -> Result<Rendered, ApiError> {
+    async fn render_user(&self, cx: &Ctx, s: &Stored, created: bool) -> Result<Rendered, ApiError> {
         let kind = ResourceKind::User;
-        let doc = self.full_doc(cx, kind, s, &Projection::Default, fresh).await?;
+        let doc = self.full_doc(cx, kind, s, &Projection::Default, created).await?;
         let body =
             serde_json::to_vec(&render(&self.reg, kind, &doc, &Projection::Default)).map_err(ApiError::internal)?;
         Ok(Rendered {

@@ -191,11 +191,6 @@ impl ReadCache {
         self.invalidate_all();
         self.live.store(true, Ordering::SeqCst);
     }
-
-    /// Entries held now (approximate: moka counts lazily).
-    pub fn entry_count(&self) -> u64 {
-        self.users.entry_count()
-    }
 }
 
 /// What a committed write changed, for the cache: some users of a tenant, or (too many to list) everything.
