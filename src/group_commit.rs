@@ -1,42 +1,60 @@
-//! Group commit for creates: concurrent `POST /Users` requests share one durable transaction.
+//! Group commit: concurrent user creates (`POST /Users`) and replacements (`PUT`, `PATCH` of users and groups)
+//! share durable transactions.
 //!
-//! Each create is prepared by its own request (schema, policy decision, outbox rows, audit record) and handed to
-//! a committer lane with a reply channel. A lane takes every create that queued while its previous commit was in
-//! flight (up to [`MAX_GROUP`]) and commits them with [`Store::create_many`](scimgate_store::Store::create_many):
-//! one transaction, one fsync. Nothing is acknowledged before its transaction commits, so an acknowledged create
-//! is as durable as one committed alone. With a single request in flight a group is that one create: no create
-//! waits for company.
+//! Each write is prepared by its own request (schema, policy decision, outbox rows, audit record) and handed to
+//! a committer lane with a reply channel. A lane takes every write that queued while its previous commit was in
+//! flight (up to [`MAX_GROUP`]) and commits them per tenant: the creates with
+//! [`Store::create_many`](scimgate_store::Store::create_many), the replacements with
+//! [`Store::replace_many`](scimgate_store::Store::replace_many); one transaction and one fsync each. Nothing is
+//! acknowledged before its transaction commits, so an acknowledged write is as durable as one committed alone.
+//! With a single request in flight a group is that one write: no write waits for company.
 //!
-//! `create_many` is all or nothing. If a group fails (a taken userName, two requests for the same userName, a
-//! concurrent lifecycle change), each create in it runs again alone with [`Store::create`], so each request gets
-//! exactly the answer it would have had on its own.
+//! `create_many` is all or nothing; `replace_many` gives each replacement its own savepoint. A create in a group
+//! that failed (a taken userName, two requests for the same userName, a concurrent lifecycle change), and a
+//! replacement that failed inside its group, runs again alone, so each request gets exactly the answer it would
+//! have had on its own.
 
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use scimgate_scim::schema::ResourceKind;
-use scimgate_store::{Backend, StoreError, Stored, Write};
+use scimgate_store::{Backend, Replacement, StoreError, Stored, Write};
 
-/// Most creates in one transaction.
+/// Most writes in one transaction.
 pub const MAX_GROUP: usize = 256;
 
 struct Job {
     tenant: String,
-    id: String,
-    write: Write,
+    op: Op,
     reply: oneshot::Sender<Result<Stored, StoreError>>,
 }
 
-/// The handle requests commit user creates through.
+enum Op {
+    /// A user create.
+    Create {
+        id: String,
+        write: Write,
+    },
+    Replace(Replacement),
+}
+
+/// The handle requests commit user creates and replacements through.
 #[derive(Clone)]
 pub struct GroupCommit {
-    queue: mpsc::Sender<Job>,
+    /// Creates: one queue that every create lane takes from.
+    creates: mpsc::Sender<Job>,
+    /// Replacements: one queue per lane, chosen by the resource, so concurrent changes to one resource (32
+    /// members pushed to one group) meet in one lane and share its transactions instead of queueing for the row
+    /// lock from several.
+    replaces: Vec<mpsc::Sender<Job>>,
 }
 
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupCommit").finish_non_exhaustive()
+        f.debug_struct("GroupCommit")
+            .field("replace_lanes", &self.replaces.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,28 +68,61 @@ pub enum CommitError {
 }
 
 impl GroupCommit {
-    /// Start `lanes` committers (SQLite has one writer: one lane; PostgreSQL commits several groups at once).
-    /// They stop when every handle is dropped.
+    /// Start `lanes` create lanes and `lanes` replace lanes (SQLite has one writer: one each; PostgreSQL commits
+    /// several groups at once). They stop when every handle is dropped.
     pub fn start(store: Arc<dyn Backend>, lanes: usize) -> Self {
-        let (queue, rx) = mpsc::channel::<Job>(MAX_GROUP * 16);
+        let lanes = lanes.max(1);
+        let (creates, rx) = mpsc::channel::<Job>(MAX_GROUP * 16);
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..lanes.max(1) {
+        for _ in 0..lanes {
             tokio::spawn(lane(store.clone(), rx.clone()));
         }
-        GroupCommit { queue }
+        let replaces = (0..lanes)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<Job>(MAX_GROUP * 4);
+                tokio::spawn(lane(store.clone(), Arc::new(Mutex::new(rx))));
+                tx
+            })
+            .collect();
+        GroupCommit { creates, replaces }
     }
 
     /// Create a user, committed with whatever other creates are waiting. Resolves once the transaction that
     /// holds it has committed (or failed).
     pub async fn create_user(&self, tenant: &str, id: String, write: Write) -> Result<Stored, CommitError> {
         let (reply, answer) = oneshot::channel();
+        self.submit(&self.creates, tenant, Op::Create { id, write }, reply, answer)
+            .await
+    }
+
+    /// Replace a user or group ([`Store::replace`](scimgate_store::Store::replace)), committed with whatever
+    /// other writes are waiting.
+    pub async fn replace(&self, tenant: &str, r: Replacement) -> Result<Stored, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        let lane = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (tenant, &r.id).hash(&mut h);
+            (h.finish() % self.replaces.len() as u64) as usize
+        };
+        self.submit(&self.replaces[lane], tenant, Op::Replace(r), reply, answer)
+            .await
+    }
+
+    async fn submit(
+        &self,
+        queue: &mpsc::Sender<Job>,
+        tenant: &str,
+        op: Op,
+        reply: oneshot::Sender<Result<Stored, StoreError>>,
+        answer: oneshot::Receiver<Result<Stored, StoreError>>,
+    ) -> Result<Stored, CommitError> {
         let job = Job {
             tenant: tenant.to_string(),
-            id,
-            write,
+            op,
             reply,
         };
-        self.queue.send(job).await.map_err(|_| CommitError::Stopped)?;
+        queue.send(job).await.map_err(|_| CommitError::Stopped)?;
         Ok(answer.await.map_err(|_| CommitError::Stopped)??)
     }
 }
@@ -96,9 +147,28 @@ async fn lane(store: Arc<dyn Backend>, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
 }
 
 async fn commit(store: &dyn Backend, tenant: &str, jobs: Vec<Job>) {
+    let mut creates = Vec::new();
+    let mut replaces = Vec::new();
+    for job in jobs {
+        match job.op {
+            Op::Create { id, write } => creates.push((id, write, job.reply)),
+            Op::Replace(r) => replaces.push((r, job.reply)),
+        }
+    }
+    if !creates.is_empty() {
+        commit_creates(store, tenant, creates).await;
+    }
+    if !replaces.is_empty() {
+        commit_replaces(store, tenant, replaces).await;
+    }
+}
+
+type Reply = oneshot::Sender<Result<Stored, StoreError>>;
+
+async fn commit_creates(store: &dyn Backend, tenant: &str, jobs: Vec<(String, Write, Reply)>) {
     let kind = ResourceKind::User;
     if jobs.len() > 1 {
-        let items: Vec<(String, Write)> = jobs.iter().map(|j| (j.id.clone(), j.write.clone())).collect();
+        let items: Vec<(String, Write)> = jobs.iter().map(|(id, w, _)| (id.clone(), w.clone())).collect();
         let n = items.len();
         let started = std::time::Instant::now();
         match store.create_many(tenant, kind, items).await {
@@ -110,8 +180,8 @@ async fn commit(store: &dyn Backend, tenant: &str, jobs: Vec<Job>) {
                     "group committed"
                 );
                 crate::metrics::METRICS.group_commit.observe(n as f64);
-                for (job, s) in jobs.into_iter().zip(stored) {
-                    let _ = job.reply.send(Ok(s));
+                for ((_, _, reply), s) in jobs.into_iter().zip(stored) {
+                    let _ = reply.send(Ok(s));
                 }
                 return;
             }
@@ -120,9 +190,52 @@ async fn commit(store: &dyn Backend, tenant: &str, jobs: Vec<Job>) {
             }
         }
     }
-    for job in jobs {
+    for (id, write, reply) in jobs {
         crate::metrics::METRICS.group_commit.observe(1.0);
-        let r = store.create(tenant, kind, &job.id, job.write, &[]).await;
-        let _ = job.reply.send(r);
+        let r = store.create(tenant, kind, &id, write, &[]).await;
+        let _ = reply.send(r);
+    }
+}
+
+async fn commit_replaces(store: &dyn Backend, tenant: &str, jobs: Vec<(Replacement, Reply)>) {
+    let mut alone = Vec::new();
+    if jobs.len() > 1 {
+        let items: Vec<Replacement> = jobs.iter().map(|(r, _)| r.clone()).collect();
+        let n = items.len();
+        let started = std::time::Instant::now();
+        match store.replace_many(tenant, items).await {
+            Ok(outcomes) => {
+                tracing::debug!(
+                    tenant,
+                    replaces = n,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "group committed"
+                );
+                crate::metrics::METRICS.group_commit.observe(n as f64);
+                for ((r, reply), outcome) in jobs.into_iter().zip(outcomes) {
+                    match outcome {
+                        Ok(s) => {
+                            let _ = reply.send(Ok(s));
+                        }
+                        // Failed in company (perhaps because of an earlier replacement in the group, perhaps a
+                        // lock conflict between lanes): the answer it gets is the one it gets alone.
+                        Err(_) => alone.push((r, reply)),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(tenant, replaces = n, error = %e, "group commit failed; committing each replacement alone");
+                alone = jobs;
+            }
+        }
+    } else {
+        alone = jobs;
+    }
+    for (r, reply) in alone {
+        crate::metrics::METRICS.group_commit.observe(1.0);
+        let res = store
+            .replace(tenant, r.kind, &r.id, r.expect, r.write, &r.members)
+            .await;
+        let _ = reply.send(res);
     }
 }

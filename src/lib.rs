@@ -112,9 +112,9 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
     } else {
         usize::try_from(cfg.store.max_connections / 2).unwrap_or(1).max(1)
     };
-    let creates = group_commit::GroupCommit::start(store.clone(), lanes);
+    let commits = group_commit::GroupCommit::start(store.clone(), lanes);
     let service = ScimService {
-        creates,
+        commits,
         reg,
         store,
         engine,

@@ -122,8 +122,9 @@ impl Metrics {
         let _ = r.register(Box::new(outbox_oldest.clone()));
         let group_commit = match Histogram::with_opts(
             HistogramOpts::new(
-                "scimgate_group_commit_creates",
-                "User creates committed per transaction by the group committer (concurrent POST /Users)",
+                "scimgate_group_commit_writes",
+                "Writes committed per transaction by the group committer (concurrent user creates, replacements and \
+                 patches)",
             )
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         ) {

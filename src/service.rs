@@ -70,8 +70,8 @@ pub struct ScimService {
     pub sealer: Option<crate::outbox::seal::Sealer>,
     /// Wakes the outbox workers after a change commits.
     pub wake: Arc<tokio::sync::Notify>,
-    /// Commits concurrent user creates together.
-    pub creates: crate::group_commit::GroupCommit,
+    /// Commits concurrent user creates, and concurrent replacements, together.
+    pub commits: crate::group_commit::GroupCommit,
 }
 
 /// Who is asking, and the absolute URL of their SCIM base for meta.location.
@@ -391,7 +391,7 @@ impl ScimService {
         let ticket = self.write_ticket(tenant, kind, &id);
         let stored = match kind {
             // Concurrent user creates share a transaction (group commit); see `group_commit`.
-            ResourceKind::User => self.creates.create_user(tenant, id, w).await.map_err(|e| match e {
+            ResourceKind::User => self.commits.create_user(tenant, id, w).await.map_err(|e| match e {
                 crate::group_commit::CommitError::Store(e) => ApiError::from(e),
                 stopped => ApiError::internal(stopped),
             })?,
@@ -666,9 +666,8 @@ impl ScimService {
                 audit,
             };
             match self
-                .store
-                .replace(&cx.tenant.id, kind, id, current.version, w, &member_ops)
-                .await
+                .commit_replace(cx, kind, id, current.version, w, member_ops.clone())
+                .await?
             {
                 Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
                 Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
@@ -737,11 +736,7 @@ impl ScimService {
                     .iter()
                     .all(|op| matches!(op, MemberOp::Add(_) | MemberOp::Remove(_)));
             let expect = if members_only { -1 } else { current.version };
-            match self
-                .store
-                .replace(&cx.tenant.id, kind, id, expect, w, &member_ops)
-                .await
-            {
+            match self.commit_replace(cx, kind, id, expect, w, member_ops).await? {
                 Ok(s) => return self.output(cx, kind, &s, proj, StatusCode::OK).await,
                 Err(StoreError::VersionMismatch) if pre.if_match.is_none() => continue,
                 Err(StoreError::StateConflict) => continue,
@@ -749,6 +744,31 @@ impl ScimService {
             }
         }
         Err(Self::exhausted(pre))
+    }
+
+    /// Commit a replacement through the group committer (concurrent replacements share a transaction). The
+    /// outer error is the committer's; the inner one the store's answer, which the callers' retry loops read.
+    async fn commit_replace(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        id: &str,
+        expect: i64,
+        write: Write,
+        members: Vec<MemberOp>,
+    ) -> Result<Result<Stored, StoreError>, ApiError> {
+        let r = scimgate_store::Replacement {
+            kind,
+            id: id.to_string(),
+            expect,
+            write,
+            members,
+        };
+        match self.commits.replace(&cx.tenant.id, r).await {
+            Ok(s) => Ok(Ok(s)),
+            Err(crate::group_commit::CommitError::Store(e)) => Ok(Err(e)),
+            Err(stopped) => Err(ApiError::internal(stopped)),
+        }
     }
 
     /// `members[type eq "Group"]`-style removals become explicit ids, read under the same version check.

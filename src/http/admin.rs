@@ -226,14 +226,12 @@ async fn policy_preview(
     State(st): State<Arc<AppState>>,
     admin: Admin,
     ScimPath(t): ScimPath<String>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     admin.require(&[AdminRole::Operator, AdminRole::Auditor])?;
-    let limit = st.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes")))?;
-    let body = String::from_utf8(bytes.to_vec())
+    let bytes = super::read_limited(&headers, body, st.max_body_bytes).await?;
+    let body = String::from_utf8(bytes)
         .map_err(|_| scimgate_scim::ProtocolError::InvalidSyntax("the policy must be UTF-8 TOML".into()))?;
     tenant(&st, &t)?;
     let e = engine(&st)?;

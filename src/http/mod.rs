@@ -290,6 +290,27 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     r
 }
 
+/// Most bytes of an oversized body read and thrown away before its 413 is sent, and for how long.
+const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Read and discard the rest of a body that will be refused (within [`DRAIN_MAX_BYTES`] and [`DRAIN_TIME`]).
+/// Closing the connection on a client still sending resets it, and the client then sees a broken pipe instead of
+/// the 413 (the lingering close of nginx and Apache, for the same reason).
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    use futures::StreamExt;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Read a JSON body within `limit` bytes. `application/scim+json` and `application/json` are accepted.
 pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<serde_json::Value, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
@@ -300,18 +321,37 @@ pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             )));
         }
     }
-    let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(too_large());
-    }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let bytes = read_limited(headers, body, limit).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| scimgate_scim::ProtocolError::InvalidSyntax(format!("the body is not valid JSON: {e}")).into())
+}
+
+/// Read a body of at most `limit` bytes; a longer one is a 413 (read to its end first, see [`drain`]).
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut stream = body.into_data_stream();
+    if declared.is_some_and(|len| len > limit) {
+        drain(stream).await;
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            tracing::debug!(error = %e, "request body could not be read");
+            scimgate_scim::ProtocolError::InvalidSyntax("the body could not be read".into())
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            drain(stream).await;
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// Turn a service output into a response with the SCIM content type, ETag and Location.

@@ -65,7 +65,7 @@ fn state_on(store: SqlStore, listener: Option<super::AbortOnDrop>) -> Arc<AppSta
         guards,
         outbox,
         service: ScimService {
-            creates: crate::group_commit::GroupCommit::start(store.clone(), 1),
+            commits: crate::group_commit::GroupCommit::start(store.clone(), 1),
             reg: Arc::new(reg),
             store,
             engine: None,

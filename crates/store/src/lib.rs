@@ -71,6 +71,16 @@ pub struct Write {
     pub audit: Vec<audit::AuditEntry>,
 }
 
+/// One replacement of [`Store::replace_many`]: the arguments of a [`Store::replace`].
+#[derive(Debug, Clone)]
+pub struct Replacement {
+    pub kind: ResourceKind,
+    pub id: String,
+    pub expect: i64,
+    pub write: Write,
+    pub members: Vec<MemberOp>,
+}
+
 /// Where a page starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
@@ -137,6 +147,20 @@ pub trait Store: Send + Sync + 'static {
         w: Write,
         members: &[MemberOp],
     ) -> Result<Stored, StoreError>;
+    /// Several replacements in one transaction, each exactly as [`Store::replace`] would apply it, in order, each
+    /// with its own outcome: one that fails leaves nothing behind and the others still apply. `Err` when the
+    /// transaction itself failed: then nothing was written.
+    async fn replace_many(
+        &self,
+        tenant: &str,
+        items: Vec<Replacement>,
+    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(items.len());
+        for r in items {
+            out.push(self.replace(tenant, r.kind, &r.id, r.expect, r.write, &r.members).await);
+        }
+        Ok(out)
+    }
     /// Delete (users: archive), if `expect` is given only at that version, with the lifecycle effects.
     async fn delete(
         &self,

@@ -18,7 +18,7 @@ use crate::cache::{ReadCache, Touched};
 use crate::lifecycle::{self, ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord};
 use crate::lower::{Binds, Dialect, lower, sort_column, split};
 use crate::{IdentityRow, LifecycleStore};
-use crate::{Page, Query, Start, Store, StoreError, Stored, Write, str_at};
+use crate::{Page, Query, Replacement, Start, Store, StoreError, Stored, Write, str_at};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -733,6 +733,34 @@ fn fresh_only(e: &Effects) -> bool {
         && !e.clear_exceptions
 }
 
+/// What [`SqlStore::replace_in`] wrote.
+struct Replaced {
+    /// Users whose cached answers the replacement changed.
+    touched: Vec<String>,
+    member_changes: u64,
+    version: i64,
+    created: String,
+    last_modified: String,
+    /// The stored document, read back only when the write kept it (a membership-only change).
+    stored_doc: Option<String>,
+}
+
+impl Replaced {
+    fn stored(self, id: &str, written: Map<String, Value>, doc_changed: bool) -> Result<Stored, StoreError> {
+        let doc = match (doc_changed, self.stored_doc) {
+            (false, Some(text)) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            _ => written,
+        };
+        Ok(Stored {
+            id: id.to_string(),
+            version: self.version,
+            created: self.created,
+            last_modified: self.last_modified,
+            doc,
+        })
+    }
+}
+
 fn stored_all(items: Vec<(String, Write)>, ts: &str) -> Vec<Stored> {
     items
         .into_iter()
@@ -994,122 +1022,81 @@ impl Store for SqlStore {
         members: &[MemberOp],
     ) -> Result<Stored, StoreError> {
         let ts = now();
-        let doc_text = Self::doc_text(&w.doc)?;
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        // Lock the row at the expected version first (PostgreSQL: concurrent member changes to one group queue
-        // here instead of deadlocking on member rows), then membership, counting real changes.
-        let locked = sqlx::query(&format!(
-            "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3) \
-             AND archived_at IS NULL",
-            table(kind)
-        ))
-        .bind(tenant)
-        .bind(id)
-        .bind(expect)
-        .execute(&mut *tx)
-        .await?;
-        if locked.rows_affected() == 0 {
-            return Err(Self::missing_or_moved(&mut tx, tenant, kind, id).await?);
+        let mut done = Self::replace_in(&mut tx, self.dialect, &ts, tenant, kind, id, expect, &w, members).await?;
+        crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
+        let touched = Touched::users(tenant, std::mem::take(&mut done.touched));
+        Self::announce(&mut tx, self.dialect, &touched).await?;
+        tx.commit().await?;
+        drop(_turn);
+        self.invalidate(&touched);
+        if done.member_changes >= 100 {
+            self.refresh_statistics();
         }
+        done.stored(id, w.doc, w.doc_changed)
+    }
+
+    async fn replace_many(
+        &self,
+        tenant: &str,
+        items: Vec<Replacement>,
+    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        let ts = now();
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut audit = Vec::new();
         let mut touched = Vec::new();
-        let member_changes = match kind {
-            ResourceKind::Group => {
-                Self::apply_member_ops(&mut tx, self.dialect, tenant, id, members, &mut touched).await?
-            }
-            ResourceKind::User => 0,
-        };
-        let res = if !w.doc_changed && member_changes == 0 {
-            // Nothing changes: confirm the version is current and keep it (an IdP re-push must not move ETags).
-            sqlx::query(&format!(
-                "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3) \
-             AND archived_at IS NULL",
-                table(kind)
-            ))
-            .bind(tenant)
-            .bind(id)
-            .bind(expect)
-            .execute(&mut *tx)
-            .await
-        } else {
-            match kind {
-                ResourceKind::User => Self::update_user(&mut tx, tenant, id, expect, &w, &doc_text, &ts, false).await,
-                // Only the membership changed: bump the version, keep the stored document (with a negative
-                // `expect` the caller's copy may predate a concurrent rename).
-                ResourceKind::Group if !w.doc_changed => {
-                    sqlx::query(
-                        "UPDATE scim_groups SET version = version + 1, last_modified = $1 \
-                         WHERE tenant = $2 AND id = $3 AND ($4 < 0 OR version = $4) AND archived_at IS NULL",
-                    )
-                    .bind(&ts)
-                    .bind(tenant)
-                    .bind(id)
-                    .bind(expect)
-                    .execute(&mut *tx)
-                    .await
+        let mut member_changes = 0;
+        for item in &items {
+            // Each replacement in its own savepoint: one that fails (a version moved, a taken userName) leaves
+            // nothing behind and the others still commit.
+            sqlx::query("SAVEPOINT scimgate_item").execute(&mut *tx).await?;
+            let r = Self::replace_in(
+                &mut tx,
+                self.dialect,
+                &ts,
+                tenant,
+                item.kind,
+                &item.id,
+                item.expect,
+                &item.write,
+                &item.members,
+            )
+            .await;
+            match r {
+                Ok(mut done) => {
+                    sqlx::query("RELEASE SAVEPOINT scimgate_item").execute(&mut *tx).await?;
+                    audit.extend(lifecycle::audit_entries(&item.write.audit, &item.write.effects));
+                    touched.append(&mut done.touched);
+                    member_changes += done.member_changes;
+                    outcomes.push(Ok(done));
                 }
-                ResourceKind::Group => {
-                    sqlx::query(
-                        "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
-                         last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND ($7 < 0 OR version = $7) \
-                         AND archived_at IS NULL",
-                    )
-                    .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
-                    .bind(str_at(&w.doc, "externalId"))
-                    .bind(&ts)
-                    .bind(&doc_text)
-                    .bind(tenant)
-                    .bind(id)
-                    .bind(expect)
-                    .execute(&mut *tx)
-                    .await
+                Err(e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT scimgate_item")
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("RELEASE SAVEPOINT scimgate_item").execute(&mut *tx).await?;
+                    outcomes.push(Err(e));
                 }
             }
-        };
-        let done = match res {
-            Err(e) if unique_violation(&e) => return Err(taken(kind)),
-            r => r?,
-        };
-        if done.rows_affected() == 0 {
-            return Err(Self::missing_or_moved(&mut tx, tenant, kind, id).await?);
         }
-        if kind == ResourceKind::User && w.doc_changed {
-            Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
-            touched.push(id.to_string());
-        }
-        if kind == ResourceKind::Group && w.doc_changed {
-            // The displayName shows in every member's `groups`.
-            touched.extend(Self::member_ids(&mut tx, tenant, id).await?);
-        }
+        // One append for the batch, in item order: the chain reads as if the replacements had come one by one.
+        crate::audit::append_tx(&mut tx, tenant, &ts, &audit).await?;
         let touched = Touched::users(tenant, touched);
         Self::announce(&mut tx, self.dialect, &touched).await?;
-        lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
-        crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
-        let (version, created, last_modified, stored_doc): (i64, String, String, String) = sqlx::query_as(&format!(
-            "SELECT version, created, last_modified, doc FROM {} WHERE tenant = $1 AND id = $2",
-            table(kind)
-        ))
-        .bind(tenant)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
         tx.commit().await?;
+        drop(_turn);
         self.invalidate(&touched);
         if member_changes >= 100 {
             self.refresh_statistics();
         }
-        let doc = if w.doc_changed {
-            w.doc
-        } else {
-            serde_json::from_str(&stored_doc).map_err(|e| StoreError::Corrupt(e.to_string()))?
-        };
-        Ok(Stored {
-            id: id.to_string(),
-            version,
-            created,
-            last_modified,
-            doc,
-        })
+        Ok(items
+            .into_iter()
+            .zip(outcomes)
+            .map(|(item, r)| r.and_then(|done| done.stored(&item.id, item.write.doc, item.write.doc_changed)))
+            .collect())
     }
 
     async fn delete(
@@ -1403,6 +1390,120 @@ impl SqlStore {
         .bind(expect)
         .execute(&mut **tx)
         .await
+    }
+
+    /// The body of [`Store::replace`] inside a transaction: lock the row at the expected version, apply the
+    /// membership changes, write the document and the lifecycle effects, read the row back. The caller appends
+    /// the audit records, announces what was touched and commits.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        dialect: Dialect,
+        ts: &str,
+        tenant: &str,
+        kind: ResourceKind,
+        id: &str,
+        expect: i64,
+        w: &Write,
+        members: &[MemberOp],
+    ) -> Result<Replaced, StoreError> {
+        let doc_text = Self::doc_text(&w.doc)?;
+        // Lock the row at the expected version first (PostgreSQL: concurrent member changes to one group queue
+        // here instead of deadlocking on member rows), then membership, counting real changes.
+        let locked = sqlx::query(&format!(
+            "UPDATE {} SET version = version WHERE tenant = $1 AND id = $2 AND ($3 < 0 OR version = $3) \
+             AND archived_at IS NULL",
+            table(kind)
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(expect)
+        .execute(&mut **tx)
+        .await?;
+        if locked.rows_affected() == 0 {
+            return Err(Self::missing_or_moved(tx, tenant, kind, id).await?);
+        }
+        let mut touched = Vec::new();
+        let member_changes = match kind {
+            ResourceKind::Group => Self::apply_member_ops(tx, dialect, tenant, id, members, &mut touched).await?,
+            ResourceKind::User => 0,
+        };
+        let res = if !w.doc_changed && member_changes == 0 {
+            // Nothing changes: the row lock above confirmed the version; keep it (an IdP re-push must not move
+            // ETags).
+            None
+        } else {
+            Some(match kind {
+                ResourceKind::User => Self::update_user(tx, tenant, id, expect, w, &doc_text, ts, false).await,
+                // Only the membership changed: bump the version, keep the stored document (with a negative
+                // `expect` the caller's copy may predate a concurrent rename).
+                ResourceKind::Group if !w.doc_changed => {
+                    sqlx::query(
+                        "UPDATE scim_groups SET version = version + 1, last_modified = $1 \
+                         WHERE tenant = $2 AND id = $3 AND ($4 < 0 OR version = $4) AND archived_at IS NULL",
+                    )
+                    .bind(ts)
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(expect)
+                    .execute(&mut **tx)
+                    .await
+                }
+                ResourceKind::Group => {
+                    sqlx::query(
+                        "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
+                         last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND ($7 < 0 OR version = $7) \
+                         AND archived_at IS NULL",
+                    )
+                    .bind(str_at(&w.doc, "displayName").unwrap_or_default().to_lowercase())
+                    .bind(str_at(&w.doc, "externalId"))
+                    .bind(ts)
+                    .bind(&doc_text)
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(expect)
+                    .execute(&mut **tx)
+                    .await
+                }
+            })
+        };
+        if let Some(res) = res {
+            let done = match res {
+                Err(e) if unique_violation(&e) => return Err(taken(kind)),
+                r => r?,
+            };
+            if done.rows_affected() == 0 {
+                return Err(Self::missing_or_moved(tx, tenant, kind, id).await?);
+            }
+        }
+        if kind == ResourceKind::User && w.doc_changed {
+            Self::write_emails(tx, tenant, id, &w.doc).await?;
+            touched.push(id.to_string());
+        }
+        if kind == ResourceKind::Group && w.doc_changed {
+            // The displayName shows in every member's `groups`.
+            touched.extend(Self::member_ids(tx, tenant, id).await?);
+        }
+        lifecycle::apply(tx, tenant, ts, &w.effects).await?;
+        let (version, created, last_modified, stored_doc): (i64, String, String, Option<String>) =
+            sqlx::query_as(&format!(
+                "SELECT version, created, last_modified, CASE WHEN $3 THEN NULL ELSE doc END FROM {} \
+                 WHERE tenant = $1 AND id = $2",
+                table(kind)
+            ))
+            .bind(tenant)
+            .bind(id)
+            .bind(w.doc_changed)
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(Replaced {
+            touched,
+            member_changes,
+            version,
+            created,
+            last_modified,
+            stored_doc,
+        })
     }
 
     /// After a conditional write matched no row: NotFound, or VersionMismatch if the row exists.

@@ -1,5 +1,11 @@
+//! The batched writes of the group committer.
+//!
 //! `Store::create_many`: many creates in one transaction, all or nothing, each written as `Store::create` writes
 //! it (user row, email rows, first identity state, plan, outbox rows, audit records in item order).
+//!
+//! `Store::replace_many`: many replacements in one transaction, each with its own outcome; one that fails leaves
+//! nothing behind (on PostgreSQL too, where a failed statement aborts the transaction until its savepoint is
+//! rolled back).
 
 use std::time::Duration;
 
@@ -10,9 +16,19 @@ use scimgate_store::lifecycle::StateWrite;
 use scimgate_store::outbox::OutboxFilter;
 use scimgate_store::sql::StoreOptions;
 use scimgate_store::{
-    AuditEntry, AuditFilter, AuditStore, Effects, LifecycleStore, OutboxNew, OutboxStore, PlanRecord, SqlStore, Store,
-    StoreError, Write,
+    AuditEntry, AuditFilter, AuditStore, Effects, LifecycleStore, OutboxNew, OutboxStore, PlanRecord, Replacement,
+    SqlStore, Store, StoreError, Write,
 };
+
+async fn connect(url: String) -> SqlStore {
+    SqlStore::connect(&StoreOptions {
+        url,
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await
+    .expect("connect")
+}
 
 async fn open() -> (SqlStore, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
@@ -21,14 +37,7 @@ async fn open() -> (SqlStore, std::path::PathBuf) {
         uuid::Uuid::now_v7().simple()
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let store = SqlStore::connect(&StoreOptions {
-        url: format!("sqlite://{}/s.db", dir.display()),
-        max_connections: 4,
-        acquire_timeout: Duration::from_secs(10),
-    })
-    .await
-    .expect("connect");
-    (store, dir)
+    (connect(format!("sqlite://{}/s.db", dir.display())).await, dir)
 }
 
 fn write(id: &str, name: &str) -> Write {
@@ -222,6 +231,131 @@ async fn create_many_is_all_or_nothing_and_writes_what_create_writes() {
     assert!(matches!(err, StoreError::StateConflict), "{err:?}");
     assert!(store.get(t, ResourceKind::User, "x1").await.expect("get").is_none());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A replacement of user `id` by a document named `name`, with a plan and a request audit record.
+fn replacement(id: &str, expect: i64, name: &str) -> Replacement {
+    let mut w = write(id, name);
+    let plan = format!("replan-{id}-{name}");
+    w.effects = vec![Effects {
+        identity_id: id.into(),
+        plan: Some(PlanRecord {
+            id: plan.clone(),
+            identity_id: id.into(),
+            created: "2030-01-01T00:00:00Z".into(),
+            cause: "replace".into(),
+            mode: "enforce".into(),
+            policy_hash: "h".into(),
+            items: "[]".into(),
+        }),
+        ..Default::default()
+    }];
+    w.audit[0].data = json!({"op": "replace", "id": id, "name": name});
+    Replacement {
+        kind: ResourceKind::User,
+        id: id.into(),
+        expect,
+        write: w,
+        members: vec![],
+    }
+}
+
+async fn replace_many_gives_each_replacement_its_own_outcome(store: SqlStore) {
+    let t = "t";
+    let ids = ["ra", "rb", "rc", "rd"];
+    let items: Vec<(String, Write)> = ids.iter().map(|id| (id.to_string(), write(id, id))).collect();
+    store.create_many(t, ResourceKind::User, items).await.expect("seed");
+    let before = store
+        .audit_export(t, &AuditFilter::default(), 0, 1000)
+        .await
+        .expect("export")
+        .len();
+    let outcomes = store
+        .replace_many(
+            t,
+            vec![
+                replacement("ra", 1, "ra-renamed"),
+                // A stale version.
+                replacement("rb", 7, "rb-renamed"),
+                // A userName the first replacement just took: a unique violation inside the transaction.
+                replacement("rc", 1, "RA-RENAMED"),
+                replacement("rd", 1, "rd-renamed"),
+                // The first replacement moved ra to version 2.
+                replacement("ra", 1, "ra-again"),
+                replacement("nobody", 1, "nobody"),
+            ],
+        )
+        .await
+        .expect("batch");
+    let summary: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(s) => format!("{} v{} {}", s.id, s.version, s.doc["userName"]),
+            Err(StoreError::VersionMismatch) => "moved".into(),
+            Err(StoreError::Uniqueness(_)) => "taken".into(),
+            Err(StoreError::NotFound) => "missing".into(),
+            Err(e) => format!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "ra v2 \"ra-renamed\"",
+            "moved",
+            "taken",
+            "rd v2 \"rd-renamed\"",
+            "moved",
+            "missing"
+        ]
+    );
+    let name = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let s = store.get(t, ResourceKind::User, id).await.expect("get").expect("row");
+            (s.version, s.doc["userName"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    assert_eq!(name("ra").await, (2, "ra-renamed".into()));
+    assert_eq!(name("rb").await, (1, "rb".into()));
+    assert_eq!(name("rc").await, (1, "rc".into()));
+    assert_eq!(name("rd").await, (2, "rd-renamed".into()));
+    // Effects only of the replacements that applied.
+    for (id, plans) in [("ra", 2), ("rb", 1), ("rc", 1), ("rd", 2)] {
+        assert_eq!(store.plans(t, Some(id), 10).await.expect("plans").len(), plans, "{id}");
+    }
+    // Audit records of the two that applied, in item order, and the chain verifies.
+    let records = store
+        .audit_export(t, &AuditFilter::default(), 0, 1000)
+        .await
+        .expect("export");
+    let new: Vec<String> = records[before..]
+        .iter()
+        .map(|r| r.data["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(new, ["ra-renamed", "rd-renamed"]);
+    assert!(store.verify(t).await.expect("verify").ok);
+    // A replacement that changes nothing keeps the version.
+    let mut same = replacement("rb", 1, "rb");
+    same.write.doc_changed = false;
+    same.write.effects.clear();
+    let kept = store.replace_many(t, vec![same]).await.expect("batch");
+    assert!(
+        matches!(&kept[..], [Ok(s)] if s.version == 1 && s.doc["userName"] == "rb"),
+        "{kept:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replace_many_on_sqlite() {
+    let (store, dir) = open().await;
+    replace_many_gives_each_replacement_its_own_outcome(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replace_many_on_postgres() {
+    let db = scimgate_testkit::db::TempDb::postgres("scimgate_replace_many");
+    replace_many_gives_each_replacement_its_own_outcome(connect(db.url.clone()).await).await;
 }
 
 fn registry() -> scimgate_scim::schema::Registry {
