@@ -136,6 +136,7 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
         max_body_bytes: cfg.server.max_body_bytes,
         request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
         scheme: if cfg.server.tls.is_some() { "https" } else { "http" },
+        span_reads: cfg.log.otlp_endpoint.is_some(),
         cache_listener,
     }))
 }

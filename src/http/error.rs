@@ -85,20 +85,29 @@ impl ApiError {
         body
     }
 
+    /// A 500's whole cause chain, one line.
+    fn chain(&self) -> Option<String> {
+        let ApiError::Internal(e) = self else { return None };
+        let mut chain = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            src = s.source();
+        }
+        Some(chain)
+    }
+
     /// Log a 500 with its whole cause chain; client errors at debug.
     pub fn log(&self) {
-        if let ApiError::Internal(e) = self {
-            let mut chain = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                chain.push_str(": ");
-                chain.push_str(&s.to_string());
-                src = s.source();
-            }
-            tracing::error!(error = %chain, "request failed");
-        } else {
-            tracing::debug!(status = self.status().as_u16(), scim_type = self.scim_type(), detail = %self, "request refused");
+        match self.chain() {
+            Some(chain) => tracing::error!(error = %chain, "request failed"),
+            None => self.log_refusal(),
         }
+    }
+
+    fn log_refusal(&self) {
+        tracing::debug!(status = self.status().as_u16(), scim_type = self.scim_type(), detail = %self, "request refused");
     }
 }
 
@@ -119,7 +128,11 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.log();
+        // A 500 is logged by the outermost layer (`request_context`), with the request's id, method and path.
+        let failure = self.chain().map(InternalFailure);
+        if failure.is_none() {
+            self.log_refusal();
+        }
         let status = self.status();
         crate::metrics::METRICS
             .scim_errors
@@ -141,7 +154,7 @@ impl IntoResponse for ApiError {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The body was not read: the connection cannot be reused.
+            // The body may not have been read to its end (past `read_limited`'s drain bound): no reuse.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -151,6 +164,13 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"scimgate\""),
             );
         }
+        if let Some(f) = failure {
+            r.extensions_mut().insert(f);
+        }
         r
     }
 }
+
+/// A 500's cause chain, carried on its response to the layer that logs it with the request's context.
+#[derive(Debug, Clone)]
+pub struct InternalFailure(pub String);

@@ -77,6 +77,7 @@ fn state_on(store: SqlStore, listener: Option<super::AbortOnDrop>) -> Arc<AppSta
         tenants: vec![tenant],
         max_body_bytes: 64 * 1024,
         cache_listener: listener,
+        span_reads: false,
         request_timeout: Duration::from_secs(10),
         scheme: "http",
     })
@@ -605,4 +606,90 @@ async fn concurrent_member_adds_to_one_group_all_succeed() {
     ids.sort();
     assert_eq!(got, ids);
     assert_eq!(h[header::ETAG], "W/\"25\"", "each add bumped the version once");
+}
+
+/// Log lines written by the code under test, for the one test that reads them.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn request_ids_go_out_and_a_500_is_logged_with_its_request() {
+    use axum::routing::get;
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let context = super::RequestContext {
+        ids: super::RequestIds::default(),
+        span_reads: false,
+    };
+    let router = axum::Router::new()
+        .route(
+            "/boom",
+            get(|| async {
+                Err::<(), _>(super::error::ApiError::internal(std::io::Error::other(
+                    "the disk is on fire",
+                )))
+            }),
+        )
+        .route("/ok", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn_with_state(context, super::request_context));
+    let call = |path: &'static str, rid: Option<String>| {
+        let router = router.clone();
+        async move {
+            let mut req = Request::builder().uri(path);
+            if let Some(r) = rid {
+                req = req.header("x-request-id", r);
+            }
+            let resp = router
+                .oneshot(req.body(Body::empty()).expect("request"))
+                .await
+                .expect("infallible");
+            let rid = resp.headers()["x-request-id"].to_str().expect("ascii").to_string();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+            (rid, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    // A new id for each request without one; the client's own kept; an overlong one replaced.
+    let (a, _) = call("/ok", None).await;
+    let (b, _) = call("/ok", None).await;
+    assert!(!a.is_empty() && a != b, "{a} {b}");
+    assert_eq!(call("/ok", Some("okta-7f3a".into())).await.0, "okta-7f3a");
+    let long = "x".repeat(200);
+    let (replaced, _) = call("/ok", Some(long.clone())).await;
+    assert!(!replaced.is_empty() && replaced != long);
+    // A 500 says nothing inside; its log line has the cause chain and the request it belongs to.
+    let (rid, body) = call("/boom", Some("entra-42".into())).await;
+    assert_eq!(rid, "entra-42");
+    assert!(!body.contains("fire"), "{body}");
+    let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let line: Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "request failed")
+        .unwrap_or_else(|| panic!("no 500 line in {text}"));
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(line["fields"]["request_id"], "entra-42");
+    assert_eq!(line["fields"]["path"], "/boom");
+    assert_eq!(line["fields"]["method"], "GET");
+    assert!(
+        line["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the disk is on fire")),
+        "{line}"
+    );
 }
