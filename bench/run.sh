@@ -2,6 +2,7 @@
 # scimgate load benchmark: one command, one machine, one run.
 #
 #   bench/run.sh
+#   BENCH_USERS=120000 BENCH_GROUP_LARGE=120000 bench/run.sh   # the issue 7 table (BENCHMARKS.md)
 #
 # Builds release, installs the load generator (wrk) if missing, starts the servers on loopback ports:
 #   ceiling      bench/ceiling, a bare axum server with fixed answers of the same size (no auth, no store)
@@ -26,7 +27,8 @@
 #   BENCH_PG=URL             PostgreSQL server for scimgate_pg (default postgres://postgres@127.0.0.1:5432)
 #   BENCH_GROUP_SMALL=10     members of the small group
 #   BENCH_GROUP_LARGE=100000 members of the large group (at most BENCH_USERS)
-#   BENCH_GROUP_POOL=1000    users kept out of each group at setup, for the PATCH scenarios to add
+#   BENCH_GROUP_POOL=20000   users kept out of each group at setup, for the PATCH scenarios to add (a PATCH that
+#                            finds the pool used up adds a member already there: a no-op, reported in the notes)
 #   BENCH_GROUP_CHUNK=1000   members per PATCH in the setup of the groups on scimgate
 #   BENCH_PAGE=100           page size (count) of page_cursor
 #   BENCH_IDLE_WAIT=600      after each wrk run, wait at most this long (s) for the server to go idle: servers keep
@@ -56,7 +58,7 @@ TIMEOUT=${BENCH_TIMEOUT:-10s}
 GROUP_SMALL=${BENCH_GROUP_SMALL:-10}
 GROUP_LARGE=${BENCH_GROUP_LARGE:-100000}
 ((GROUP_LARGE <= USERS)) || GROUP_LARGE=$USERS
-GROUP_POOL=${BENCH_GROUP_POOL:-1000}
+GROUP_POOL=${BENCH_GROUP_POOL:-20000}
 GROUP_CHUNK=${BENCH_GROUP_CHUNK:-1000}
 PAGE=${BENCH_PAGE:-100}
 

@@ -1365,17 +1365,18 @@ impl SqlStore {
         doc_text: &str,
         ts: &str,
         revive: bool,
-    ) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    ) -> Result<Option<(i64, String, String)>, sqlx::Error> {
         let (password, unarchive, archived) = if revive {
             ("$6", ", archived_at = NULL", "IS NOT NULL")
         } else {
             ("COALESCE($6, password_hash)", "", "IS NULL")
         };
         let user_name = str_at(&w.doc, "userName").unwrap_or_default();
-        sqlx::query(&format!(
+        sqlx::query_as(&format!(
             "UPDATE scim_users SET user_name = $1, user_name_lower = $2, external_id = $3, display_name_lower = $4, \
              version = version + 1, last_modified = $5, password_hash = {password}, doc = $7, employee_number = $8\
-             {unarchive} WHERE tenant = $9 AND id = $10 AND version = $11 AND archived_at {archived}"
+             {unarchive} WHERE tenant = $9 AND id = $10 AND version = $11 AND archived_at {archived} \
+             RETURNING version, created, last_modified"
         ))
         .bind(user_name)
         .bind(user_name.to_lowercase())
@@ -1388,7 +1389,7 @@ impl SqlStore {
         .bind(tenant)
         .bind(id)
         .bind(expect)
-        .execute(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await
     }
 
@@ -1408,6 +1409,27 @@ impl SqlStore {
         members: &[MemberOp],
     ) -> Result<Replaced, StoreError> {
         let doc_text = Self::doc_text(&w.doc)?;
+        if kind == ResourceKind::User && w.doc_changed {
+            // A user has no membership to lock for: the update is its own version check, and RETURNING saves
+            // reading the row back.
+            let row = match Self::update_user(tx, tenant, id, expect, w, &doc_text, ts, false).await {
+                Err(e) if unique_violation(&e) => return Err(taken(kind)),
+                r => r?,
+            };
+            let Some((version, created, last_modified)) = row else {
+                return Err(Self::missing_or_moved(tx, tenant, kind, id).await?);
+            };
+            Self::write_emails(tx, tenant, id, &w.doc).await?;
+            lifecycle::apply(tx, tenant, ts, &w.effects).await?;
+            return Ok(Replaced {
+                touched: vec![id.to_string()],
+                member_changes: 0,
+                version,
+                created,
+                last_modified,
+                stored_doc: None,
+            });
+        }
         // Lock the row at the expected version first (PostgreSQL: concurrent member changes to one group queue
         // here instead of deadlocking on member rows), then membership, counting real changes.
         let locked = sqlx::query(&format!(
@@ -1428,16 +1450,16 @@ impl SqlStore {
             ResourceKind::Group => Self::apply_member_ops(tx, dialect, tenant, id, members, &mut touched).await?,
             ResourceKind::User => 0,
         };
+        // From here on a user's document is unchanged (see above): only a group writes.
         let res = if !w.doc_changed && member_changes == 0 {
             // Nothing changes: the row lock above confirmed the version; keep it (an IdP re-push must not move
             // ETags).
             None
         } else {
             Some(match kind {
-                ResourceKind::User => Self::update_user(tx, tenant, id, expect, w, &doc_text, ts, false).await,
                 // Only the membership changed: bump the version, keep the stored document (with a negative
                 // `expect` the caller's copy may predate a concurrent rename).
-                ResourceKind::Group if !w.doc_changed => {
+                _ if !w.doc_changed => {
                     sqlx::query(
                         "UPDATE scim_groups SET version = version + 1, last_modified = $1 \
                          WHERE tenant = $2 AND id = $3 AND ($4 < 0 OR version = $4) AND archived_at IS NULL",
@@ -1449,7 +1471,7 @@ impl SqlStore {
                     .execute(&mut **tx)
                     .await
                 }
-                ResourceKind::Group => {
+                _ => {
                     sqlx::query(
                         "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
                          last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND ($7 < 0 OR version = $7) \
@@ -1475,10 +1497,6 @@ impl SqlStore {
             if done.rows_affected() == 0 {
                 return Err(Self::missing_or_moved(tx, tenant, kind, id).await?);
             }
-        }
-        if kind == ResourceKind::User && w.doc_changed {
-            Self::write_emails(tx, tenant, id, &w.doc).await?;
-            touched.push(id.to_string());
         }
         if kind == ResourceKind::Group && w.doc_changed {
             // The displayName shows in every member's `groups`.
@@ -1579,30 +1597,22 @@ impl LifecycleStore for SqlStore {
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let res = Self::update_user(&mut tx, tenant, id, expect, &w, &doc_text, &ts, true).await;
-        let done = match res {
+        let (version, created, last_modified) = match res {
             Err(e) if unique_violation(&e) => return Err(taken(ResourceKind::User)),
-            r => r?,
+            r => r?.ok_or(StoreError::VersionMismatch)?,
         };
-        if done.rows_affected() == 0 {
-            return Err(StoreError::VersionMismatch);
-        }
         Self::write_emails(&mut tx, tenant, id, &w.doc).await?;
         let touched = Touched::users(tenant, vec![id.to_string()]);
         Self::announce(&mut tx, self.dialect, &touched).await?;
         lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
-        let created: String = sqlx::query_scalar("SELECT created FROM scim_users WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
         tx.commit().await?;
         self.invalidate(&touched);
         Ok(Stored {
             id: id.to_string(),
-            version: expect + 1,
+            version,
             created,
-            last_modified: ts,
+            last_modified,
             doc: w.doc,
         })
     }
