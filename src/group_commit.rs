@@ -165,6 +165,18 @@ async fn commit(store: &dyn Backend, tenant: &str, jobs: Vec<Job>) {
 
 type Reply = oneshot::Sender<Result<Stored, StoreError>>;
 
+/// A group of `n` writes committed together: a debug line and the group-size metric.
+fn committed(tenant: &str, writes: &'static str, n: usize, started: std::time::Instant) {
+    tracing::debug!(
+        tenant,
+        writes,
+        n,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "group committed"
+    );
+    crate::metrics::METRICS.group_commit.observe(n as f64);
+}
+
 async fn commit_creates(store: &dyn Backend, tenant: &str, jobs: Vec<(String, Write, Reply)>) {
     let kind = ResourceKind::User;
     if jobs.len() > 1 {
@@ -173,13 +185,7 @@ async fn commit_creates(store: &dyn Backend, tenant: &str, jobs: Vec<(String, Wr
         let started = std::time::Instant::now();
         match store.create_many(tenant, kind, items).await {
             Ok(stored) => {
-                tracing::debug!(
-                    tenant,
-                    creates = n,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "group committed"
-                );
-                crate::metrics::METRICS.group_commit.observe(n as f64);
+                committed(tenant, "creates", n, started);
                 for ((_, _, reply), s) in jobs.into_iter().zip(stored) {
                     let _ = reply.send(Ok(s));
                 }
@@ -205,13 +211,7 @@ async fn commit_replaces(store: &dyn Backend, tenant: &str, jobs: Vec<(Replaceme
         let started = std::time::Instant::now();
         match store.replace_many(tenant, items).await {
             Ok(outcomes) => {
-                tracing::debug!(
-                    tenant,
-                    replaces = n,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "group committed"
-                );
-                crate::metrics::METRICS.group_commit.observe(n as f64);
+                committed(tenant, "replacements", n, started);
                 for ((r, reply), outcome) in jobs.into_iter().zip(outcomes) {
                     match outcome {
                         Ok(s) => {
