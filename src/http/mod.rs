@@ -213,8 +213,9 @@ const MAX_REQUEST_ID: usize = 128;
 /// method and path.
 ///
 /// Writes run in an `http` span (method, path, request id), so every line they log carries the request id.
-/// Reads (GET, HEAD) do not unless `span_reads` or debug logging is on: a span costs about a quarter of the CPU of a cached GET, and a
-/// read logs nothing at info or above but its failure, which is logged here with the request id.
+/// Reads (GET, HEAD) do not unless `span_reads` or debug logging is on: a span costs about a quarter of the CPU
+/// of a cached GET, and a read logs nothing at info or above but its failure, which is logged here with the
+/// request id.
 async fn request_context(State(cx): State<RequestContext>, mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID => Some(v.clone()),
