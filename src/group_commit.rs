@@ -179,14 +179,14 @@ fn committed(tenant: &str, writes: &'static str, n: usize, started: std::time::I
 
 async fn commit_creates(store: &dyn Backend, tenant: &str, jobs: Vec<(String, Write, Reply)>) {
     let kind = ResourceKind::User;
-    if jobs.len() > 1 {
-        let items: Vec<(String, Write)> = jobs.iter().map(|(id, w, _)| (id.clone(), w.clone())).collect();
+    let (items, replies): (Vec<(String, Write)>, Vec<Reply>) = jobs.into_iter().map(|(id, w, r)| ((id, w), r)).unzip();
+    if items.len() > 1 {
         let n = items.len();
         let started = std::time::Instant::now();
-        match store.create_many(tenant, kind, items).await {
+        match store.create_many(tenant, kind, &items).await {
             Ok(stored) => {
                 committed(tenant, "creates", n, started);
-                for ((_, _, reply), s) in jobs.into_iter().zip(stored) {
+                for (reply, s) in replies.into_iter().zip(stored) {
                     let _ = reply.send(Ok(s));
                 }
                 return;
@@ -196,7 +196,7 @@ async fn commit_creates(store: &dyn Backend, tenant: &str, jobs: Vec<(String, Wr
             }
         }
     }
-    for (id, write, reply) in jobs {
+    for ((id, write), reply) in items.into_iter().zip(replies) {
         crate::metrics::METRICS.group_commit.observe(1.0);
         let r = store.create(tenant, kind, &id, write, &[]).await;
         let _ = reply.send(r);
@@ -204,15 +204,15 @@ async fn commit_creates(store: &dyn Backend, tenant: &str, jobs: Vec<(String, Wr
 }
 
 async fn commit_replaces(store: &dyn Backend, tenant: &str, jobs: Vec<(Replacement, Reply)>) {
+    let (items, replies): (Vec<Replacement>, Vec<Reply>) = jobs.into_iter().unzip();
     let mut alone = Vec::new();
-    if jobs.len() > 1 {
-        let items: Vec<Replacement> = jobs.iter().map(|(r, _)| r.clone()).collect();
+    if items.len() > 1 {
         let n = items.len();
         let started = std::time::Instant::now();
-        match store.replace_many(tenant, items).await {
+        match store.replace_many(tenant, &items).await {
             Ok(outcomes) => {
                 committed(tenant, "replacements", n, started);
-                for ((r, reply), outcome) in jobs.into_iter().zip(outcomes) {
+                for ((r, reply), outcome) in items.into_iter().zip(replies).zip(outcomes) {
                     match outcome {
                         Ok(s) => {
                             let _ = reply.send(Ok(s));
@@ -225,11 +225,11 @@ async fn commit_replaces(store: &dyn Backend, tenant: &str, jobs: Vec<(Replaceme
             }
             Err(e) => {
                 tracing::debug!(tenant, replaces = n, error = %e, "group commit failed; committing each replacement alone");
-                alone = jobs;
+                alone = items.into_iter().zip(replies).collect();
             }
         }
     } else {
-        alone = jobs;
+        alone = items.into_iter().zip(replies).collect();
     }
     for (r, reply) in alone {
         crate::metrics::METRICS.group_commit.observe(1.0);

@@ -1211,7 +1211,7 @@ impl ScimService {
             .iter()
             .map(|(id, _)| self.write_ticket(tenant, kind, id))
             .collect();
-        match self.store.create_many(tenant, kind, items).await {
+        match self.store.create_many(tenant, kind, &items).await {
             Ok(stored) => {
                 // Written through to the read cache, as a single create is: a load is usually read back.
                 if let Some(cache) = self.store.read_cache() {

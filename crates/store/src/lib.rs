@@ -131,7 +131,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         tenant: &str,
         kind: ResourceKind,
-        items: Vec<(String, Write)>,
+        items: &[(String, Write)],
     ) -> Result<Vec<Stored>, StoreError>;
     async fn get(&self, tenant: &str, kind: ResourceKind, id: &str) -> Result<Option<Stored>, StoreError>;
     /// Replace the document if the stored version is still `expect`, applying membership changes in the same
@@ -153,11 +153,14 @@ pub trait Store: Send + Sync + 'static {
     async fn replace_many(
         &self,
         tenant: &str,
-        items: Vec<Replacement>,
+        items: &[Replacement],
     ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
         let mut out = Vec::with_capacity(items.len());
         for r in items {
-            out.push(self.replace(tenant, r.kind, &r.id, r.expect, r.write, &r.members).await);
+            out.push(
+                self.replace(tenant, r.kind, &r.id, r.expect, r.write.clone(), &r.members)
+                    .await,
+            );
         }
         Ok(out)
     }

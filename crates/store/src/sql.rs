@@ -746,10 +746,16 @@ struct Replaced {
 }
 
 impl Replaced {
-    fn stored(self, id: &str, written: Map<String, Value>, doc_changed: bool) -> Result<Stored, StoreError> {
+    /// The replaced resource; `written` gives the document the write sent, taken only if that is what is stored.
+    fn stored(
+        self,
+        id: &str,
+        doc_changed: bool,
+        written: impl FnOnce() -> Map<String, Value>,
+    ) -> Result<Stored, StoreError> {
         let doc = match (doc_changed, self.stored_doc) {
             (false, Some(text)) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            _ => written,
+            _ => written(),
         };
         Ok(Stored {
             id: id.to_string(),
@@ -761,15 +767,15 @@ impl Replaced {
     }
 }
 
-fn stored_all(items: Vec<(String, Write)>, ts: &str) -> Vec<Stored> {
+fn stored_all(items: &[(String, Write)], ts: &str) -> Vec<Stored> {
     items
-        .into_iter()
+        .iter()
         .map(|(id, w)| Stored {
-            id,
+            id: id.clone(),
             version: 1,
             created: ts.to_string(),
             last_modified: ts.to_string(),
-            doc: w.doc,
+            doc: w.doc.clone(),
         })
         .collect()
 }
@@ -839,7 +845,7 @@ impl Store for SqlStore {
         &self,
         tenant: &str,
         kind: ResourceKind,
-        items: Vec<(String, Write)>,
+        items: &[(String, Write)],
     ) -> Result<Vec<Stored>, StoreError> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -850,7 +856,7 @@ impl Store for SqlStore {
             let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             let mut audit = Vec::new();
-            for (id, w) in &items {
+            for (id, w) in items {
                 // No members: nothing cached changes.
                 Self::insert_new(&mut tx, self.dialect, tenant, kind, id, w, &[], &ts).await?;
                 lifecycle::apply(&mut tx, tenant, &ts, &w.effects).await?;
@@ -1034,13 +1040,13 @@ impl Store for SqlStore {
         if done.member_changes >= 100 {
             self.refresh_statistics();
         }
-        done.stored(id, w.doc, w.doc_changed)
+        done.stored(id, w.doc_changed, || w.doc)
     }
 
     async fn replace_many(
         &self,
         tenant: &str,
-        items: Vec<Replacement>,
+        items: &[Replacement],
     ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
         let ts = now();
         let _turn = self.write_turn().await;
@@ -1049,7 +1055,7 @@ impl Store for SqlStore {
         let mut audit = Vec::new();
         let mut touched = Vec::new();
         let mut member_changes = 0;
-        for item in &items {
+        for item in items {
             // Each replacement in its own savepoint: one that fails (a version moved, a taken userName) leaves
             // nothing behind and the others still commit.
             sqlx::query("SAVEPOINT scimgate_item").execute(&mut *tx).await?;
@@ -1093,9 +1099,11 @@ impl Store for SqlStore {
             self.refresh_statistics();
         }
         Ok(items
-            .into_iter()
+            .iter()
             .zip(outcomes)
-            .map(|(item, r)| r.and_then(|done| done.stored(&item.id, item.write.doc, item.write.doc_changed)))
+            .map(|(item, r)| {
+                r.and_then(|done| done.stored(&item.id, item.write.doc_changed, || item.write.doc.clone()))
+            })
             .collect())
     }
 
@@ -1408,8 +1416,8 @@ impl SqlStore {
         w: &Write,
         members: &[MemberOp],
     ) -> Result<Replaced, StoreError> {
-        let doc_text = Self::doc_text(&w.doc)?;
         if kind == ResourceKind::User && w.doc_changed {
+            let doc_text = Self::doc_text(&w.doc)?;
             // A user has no membership to lock for: the update is its own version check, and RETURNING saves
             // reading the row back.
             let row = match Self::update_user(tx, tenant, id, expect, w, &doc_text, ts, false).await {
@@ -1472,6 +1480,8 @@ impl SqlStore {
                     .await
                 }
                 _ => {
+                    // Serialised only here: a membership-only change does not write the document.
+                    let doc_text = Self::doc_text(&w.doc)?;
                     sqlx::query(
                         "UPDATE scim_groups SET display_name_lower = $1, external_id = $2, version = version + 1, \
                          last_modified = $3, doc = $4 WHERE tenant = $5 AND id = $6 AND ($7 < 0 OR version = $7) \

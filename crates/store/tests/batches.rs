@@ -107,10 +107,7 @@ async fn create_many_is_all_or_nothing_and_writes_what_create_writes() {
     let items: Vec<(String, Write)> = (0..120)
         .map(|i| (format!("id{i:03}"), write(&format!("id{i:03}"), &format!("user{i:03}"))))
         .collect();
-    let stored = store
-        .create_many(t, ResourceKind::User, items.clone())
-        .await
-        .expect("batch");
+    let stored = store.create_many(t, ResourceKind::User, &items).await.expect("batch");
     assert_eq!(stored.len(), 120);
     assert!(stored.iter().all(|s| s.version == 1));
     assert_eq!(stored[7].id, "id007");
@@ -139,7 +136,7 @@ async fn create_many_is_all_or_nothing_and_writes_what_create_writes() {
     // Email rows: lower-cased, deduplicated, findable by filter.
     let f = scimgate_scim::filter::parse_filter("emails.value eq \"user003@example.com\"", &Default::default())
         .expect("filter");
-    let reg = registry();
+    let reg = scimgate_testkit::schemas::registry();
     let f = scimgate_scim::eval::resolve(&reg, ResourceKind::User, f).expect("resolve");
     let page = store
         .query(
@@ -186,7 +183,7 @@ async fn create_many_is_all_or_nothing_and_writes_what_create_writes() {
         ("n3".to_string(), write("n3", "fresh3")),
     ];
     let err = store
-        .create_many(t, ResourceKind::User, batch)
+        .create_many(t, ResourceKind::User, &batch)
         .await
         .expect_err("taken");
     assert!(matches!(err, StoreError::Uniqueness(_)), "{err:?}");
@@ -195,7 +192,7 @@ async fn create_many_is_all_or_nothing_and_writes_what_create_writes() {
         ("d1".to_string(), write("d1", "dup")),
         ("d2".to_string(), write("d2", "Dup")),
     ];
-    let err = store.create_many(t, ResourceKind::User, batch).await.expect_err("dup");
+    let err = store.create_many(t, ResourceKind::User, &batch).await.expect_err("dup");
     assert!(matches!(err, StoreError::Uniqueness(_)), "{err:?}");
     for id in ["n1", "n3", "d1"] {
         assert!(
@@ -217,7 +214,7 @@ async fn create_many_is_all_or_nothing_and_writes_what_create_writes() {
         .create_many(
             t,
             ResourceKind::User,
-            vec![
+            &[
                 ("x1".into(), write("x1", "x1")),
                 ("x2".into(), {
                     let mut w2 = w.clone();
@@ -264,7 +261,7 @@ async fn replace_many_gives_each_replacement_its_own_outcome(store: SqlStore) {
     let t = "t";
     let ids = ["ra", "rb", "rc", "rd"];
     let items: Vec<(String, Write)> = ids.iter().map(|id| (id.to_string(), write(id, id))).collect();
-    store.create_many(t, ResourceKind::User, items).await.expect("seed");
+    store.create_many(t, ResourceKind::User, &items).await.expect("seed");
     let before = store
         .audit_export(t, &AuditFilter::default(), 0, 1000)
         .await
@@ -273,7 +270,7 @@ async fn replace_many_gives_each_replacement_its_own_outcome(store: SqlStore) {
     let outcomes = store
         .replace_many(
             t,
-            vec![
+            &[
                 replacement("ra", 1, "ra-renamed"),
                 // A stale version.
                 replacement("rb", 7, "rb-renamed"),
@@ -338,7 +335,7 @@ async fn replace_many_gives_each_replacement_its_own_outcome(store: SqlStore) {
     let mut same = replacement("rb", 1, "rb");
     same.write.doc_changed = false;
     same.write.effects.clear();
-    let kept = store.replace_many(t, vec![same]).await.expect("batch");
+    let kept = store.replace_many(t, &[same]).await.expect("batch");
     assert!(
         matches!(&kept[..], [Ok(s)] if s.version == 1 && s.doc["userName"] == "rb"),
         "{kept:?}"
@@ -356,28 +353,4 @@ async fn replace_many_on_sqlite() {
 async fn replace_many_on_postgres() {
     let db = scimgate_testkit::db::TempDb::postgres("scimgate_replace_many");
     replace_many_gives_each_replacement_its_own_outcome(connect(db.url.clone()).await).await;
-}
-
-fn registry() -> scimgate_scim::schema::Registry {
-    use scimgate_scim::schema::{Registry, SchemaDoc};
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
-    let mut docs = Vec::new();
-    let mut types = None;
-    for e in std::fs::read_dir(&dir).expect("schemas dir").flatten() {
-        let p = e.path();
-        if p.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let json: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
-        let doc = SchemaDoc {
-            source: p.display().to_string(),
-            json,
-        };
-        if p.file_name().is_some_and(|n| n == "resource-types.json") {
-            types = Some(doc);
-        } else {
-            docs.push(doc);
-        }
-    }
-    Registry::build(docs, &types.expect("resource types")).expect("registry")
 }

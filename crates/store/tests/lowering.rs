@@ -2,7 +2,6 @@
 //! PostgreSQL. Random users (mixed case, non-ASCII, LIKE metacharacters, missing attributes, several emails) and
 //! random filters over the indexed attributes, combined with and/or/not and sorted several ways.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,32 +11,9 @@ use serde_json::{Value, json};
 use scimgate_scim::eval::resolve;
 use scimgate_scim::filter::{AttrPath, CompValue, CompareOp, Filter};
 use scimgate_scim::resource::{Mode, normalize};
-use scimgate_scim::schema::{Registry, ResourceKind, SchemaDoc};
+use scimgate_scim::schema::{Registry, ResourceKind};
 use scimgate_store::sql::StoreOptions;
 use scimgate_store::{Query, SqlStore, Start, Store, Write};
-
-fn registry() -> Registry {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
-    let mut docs = Vec::new();
-    let mut types = None;
-    for e in std::fs::read_dir(&dir).expect("schemas dir").flatten() {
-        let p = e.path();
-        if p.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let json: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
-        let doc = SchemaDoc {
-            source: p.display().to_string(),
-            json,
-        };
-        if p.file_name().is_some_and(|n| n == "resource-types.json") {
-            types = Some(doc);
-        } else {
-            docs.push(doc);
-        }
-    }
-    Registry::build(docs, &types.expect("resource types")).expect("registry")
-}
 
 const NAMES: &[&str] = &[
     "alice",
@@ -189,7 +165,7 @@ async fn open(url: &str) -> SqlStore {
 }
 
 fn check_backend(store: SqlStore, rt: tokio::runtime::Runtime) {
-    let reg = Arc::new(registry());
+    let reg = Arc::new(scimgate_testkit::schemas::registry());
     let tenant = "prop";
     let times = rt.block_on(seed(&store, &reg, tenant));
     let sorts = [

@@ -14,6 +14,7 @@
 pub mod db;
 pub mod json_server;
 pub mod samba;
+pub mod schemas;
 pub mod scim2_server;
 pub mod slapd;
 pub mod sshd;
