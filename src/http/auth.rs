@@ -54,10 +54,20 @@ impl TenantGuard {
 
     /// Authenticate a bearer token; returns the credential key used for per-credential limits.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<String, ApiError> {
+        match self.authenticate_now(bearer) {
+            Some(decided) => decided,
+            None => self.authenticate_jwt(bearer.unwrap_or_default()).await,
+        }
+    }
+
+    /// What can be decided without waiting: a missing token, one of the static tokens, or (no JWT validation
+    /// configured, or not JWT-shaped) a wrong one. `None`: the token is to be validated as a JWT
+    /// ([`TenantGuard::authenticate_jwt`]).
+    pub fn authenticate_now(&self, bearer: Option<&str>) -> Option<Result<String, ApiError>> {
         let id = &self.tenant.id;
         let Some(token) = bearer else {
             METRICS.auth_failures.with_label_values(&[id, "missing"]).inc();
-            return Err(ApiError::Unauthorized("a bearer token is required".into()));
+            return Some(Err(ApiError::Unauthorized("a bearer token is required".into())));
         };
         let hash = sha256(token.as_bytes());
         let mut matched = None;
@@ -67,26 +77,34 @@ impl TenantGuard {
             }
         }
         if let Some(i) = matched {
-            return Ok(format!("token:{i}"));
+            return Some(Ok(format!("token:{i}")));
         }
-        if let Some(jwt) = &self.jwt
-            && token.split('.').count() == 3
-        {
-            return match jwt.validate(token).await {
-                Ok(sub) => Ok(format!("jwt:{sub}")),
-                Err(reason) => {
-                    METRICS.auth_failures.with_label_values(&[id, "jwt"]).inc();
-                    tracing::debug!(tenant = %id, %reason, "JWT refused");
-                    Err(ApiError::Unauthorized(
-                        "the bearer token is not valid for this tenant".into(),
-                    ))
-                }
-            };
+        if self.jwt.is_some() && token.split('.').count() == 3 {
+            return None;
         }
         METRICS.auth_failures.with_label_values(&[id, "invalid"]).inc();
-        Err(ApiError::Unauthorized(
+        Some(Err(ApiError::Unauthorized(
             "the bearer token is not valid for this tenant".into(),
-        ))
+        )))
+    }
+
+    /// Validate a JWT-shaped bearer token against the tenant's JWKS.
+    pub async fn authenticate_jwt(&self, token: &str) -> Result<String, ApiError> {
+        let id = &self.tenant.id;
+        let refused = || {
+            METRICS.auth_failures.with_label_values(&[id, "jwt"]).inc();
+            ApiError::Unauthorized("the bearer token is not valid for this tenant".into())
+        };
+        let Some(jwt) = &self.jwt else {
+            return Err(refused());
+        };
+        match jwt.validate(token).await {
+            Ok(sub) => Ok(format!("jwt:{sub}")),
+            Err(reason) => {
+                tracing::debug!(tenant = %id, %reason, "JWT refused");
+                Err(refused())
+            }
+        }
     }
 
     /// A failed authentication still counts against the tenant's limit, so guessing is throttled too.

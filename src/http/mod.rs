@@ -85,10 +85,11 @@ pub fn app(state: Arc<AppState>) -> Router {
     let context = RequestContext {
         ids: RequestIds::default(),
         span_reads: state.span_reads,
+        tenants: state.tenants.clone().into(),
+        outbox: Some(state.outbox.clone()),
     };
     router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::disable())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -145,31 +146,98 @@ fn tenant_router(ts: TenantState) -> Router {
     }
     router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(middleware::from_fn_with_state(ts.clone(), authenticate))
+        .layer(AuthLayer(ts.clone()))
         .with_state(ts)
 }
 
-/// Authentication (static token or JWT) and rate limits for a tenant's routes.
-async fn authenticate(State(ts): State<TenantState>, req: Request, next: Next) -> Response {
-    let presented = extract::bearer(req.headers());
-    let Some(guard) = ts.app.guards.get(&ts.tenant.id) else {
-        return ApiError::Unauthorized("unknown tenant".into()).into_response();
-    };
-    let credential = match guard.authenticate(presented).await {
-        Ok(c) => c,
-        Err(e) => {
-            if let Err(limited) = guard.charge_failure() {
-                return limited.into_response();
-            }
-            return e.into_response();
+/// Authentication (static token or JWT) and rate limits for a tenant's routes: every route and fallback of the
+/// tenant's router is wrapped in [`Authenticate`].
+#[derive(Clone)]
+struct AuthLayer(TenantState);
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate {
+            ts: self.0.clone(),
+            inner,
         }
-    };
-    if let Err(e) = guard.check_rate(&credential) {
-        return e.into_response();
     }
-    let mut req = req;
+}
+
+/// The tenant's guard in front of a route. A static token is checked, and the request handed on, in `call`
+/// itself, without the clone of the route and the boxed future that a `from_fn` middleware costs every request
+/// (a few per cent of a cached GET); only a JWT, whose JWKS may have to be fetched, waits in a future of its own.
+#[derive(Clone)]
+struct Authenticate<S> {
+    ts: TenantState,
+    inner: S,
+}
+
+type Answer = std::future::Ready<Result<Response, std::convert::Infallible>>;
+
+impl<S> tower::Service<Request> for Authenticate<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<
+        futures::future::Either<Answer, S::Future>,
+        futures::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        use futures::future::Either::{Left, Right};
+        let answer = |r: Response| Left(Left(std::future::ready(Ok(r))));
+        let Some(guard) = self.ts.app.guards.get(&self.ts.tenant.id).cloned() else {
+            return answer(ApiError::Unauthorized("unknown tenant".into()).into_response());
+        };
+        let presented = extract::bearer(req.headers());
+        match guard.authenticate_now(presented) {
+            Some(Ok(credential)) => match admit(&guard, credential, &mut req) {
+                Ok(()) => Left(Right(self.inner.call(req))),
+                Err(limited) => answer(limited.into_response()),
+            },
+            Some(Err(e)) => answer(refuse(&guard, e)),
+            None => {
+                let token = presented.unwrap_or_default().to_string();
+                // The service that was polled ready goes into the future; a clone stays for the next request.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Right(Box::pin(async move {
+                    let credential = match guard.authenticate_jwt(&token).await {
+                        Ok(c) => c,
+                        Err(e) => return Ok(refuse(&guard, e)),
+                    };
+                    match admit(&guard, credential, &mut req) {
+                        Ok(()) => inner.call(req).await,
+                        Err(limited) => Ok(limited.into_response()),
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// A failed authentication: its 401, or 429 once failures exceed the tenant's limit (guessing is throttled too).
+fn refuse(guard: &auth::TenantGuard, e: ApiError) -> Response {
+    match guard.charge_failure() {
+        Err(limited) => limited.into_response(),
+        Ok(()) => e.into_response(),
+    }
+}
+
+/// An authenticated request: within the rate limits, it goes on with its actor for the audit trail.
+fn admit(guard: &auth::TenantGuard, credential: String, req: &mut Request) -> Result<(), ApiError> {
+    guard.check_rate(&credential)?;
     req.extensions_mut().insert(extract::Actor(credential));
-    next.run(req).await
+    Ok(())
 }
 
 /// Request ids for requests that arrive without one: a random per-process prefix and a counter, unique without a
@@ -201,6 +269,10 @@ struct RequestContext {
     ids: RequestIds,
     /// Open an `http` span for reads too (OpenTelemetry export, debug logging).
     span_reads: bool,
+    /// The tenants, for the metrics' tenant label.
+    tenants: Arc<[Arc<Tenant>]>,
+    /// Woken after a successful write: a committed change may have queued downstream work.
+    outbox: Option<Arc<crate::outbox::Outbox>>,
 }
 
 /// The header carrying a request's id, in and out.
@@ -208,9 +280,11 @@ static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-req
 /// Longest client-supplied request id kept; a longer one is replaced.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The outermost layer: the request id (the client's `X-Request-Id` if it sent a usable one, else a new one),
-/// returned as `X-Request-Id`; the `http` span; and the log line of a 500, with its cause chain, request id,
-/// method and path.
+/// The outermost layer, one for everything every request needs, so that a request passes one middleware instead
+/// of several: the request id (the client's `X-Request-Id` if it sent a usable one, else a new one), returned as
+/// `X-Request-Id`; the `http` span; request count and latency by route template, method, status and tenant (all
+/// bounded; timed-out requests included, as this layer is outside the timeout); waking the outbox after a
+/// successful write; and the log line of a 500, with its cause chain, request id, method and path.
 ///
 /// Writes run in an `http` span (method, path, request id), so every line they log carries the request id.
 /// Reads (GET, HEAD) do not unless `span_reads` or debug logging is on: a span costs about a quarter of the CPU
@@ -230,15 +304,44 @@ async fn request_context(State(cx): State<RequestContext>, mut req: Request, nex
     let rid = || id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let span = cx.span_reads
-        || !matches!(method, Method::GET | Method::HEAD)
-        || tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG;
+    // MatchedPath is an Arc: cloning it does not copy the template.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let tenant = cx
+        .tenants
+        .iter()
+        .find(|t| {
+            uri.path()
+                .strip_prefix(t.base_path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .cloned();
+    let started = std::time::Instant::now();
+    let writes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let span = cx.span_reads || writes || tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG;
     let mut resp = if span {
         let span = tracing::info_span!("http", method = %method, path = %uri.path(), request_id = %rid());
         next.run(req).instrument(span).await
     } else {
         next.run(req).await
     };
+    let status = resp.status();
+    if writes
+        && status.is_success()
+        && let Some(outbox) = &cx.outbox
+    {
+        outbox.wake();
+    }
+    let labels = [
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        method_label(&method),
+        status.as_str(),
+        tenant.as_ref().map_or("-", |t| t.id.as_str()),
+    ];
+    crate::metrics::METRICS.http_requests.with_label_values(&labels).inc();
+    crate::metrics::METRICS
+        .http_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
     if let Some(error::InternalFailure(chain)) = resp.extensions_mut().remove::<error::InternalFailure>() {
         tracing::error!(method = %method, path = %uri.path(), request_id = %rid(), error = %chain, "request failed");
     }
@@ -248,11 +351,9 @@ async fn request_context(State(cx): State<RequestContext>, mut req: Request, nex
     resp
 }
 
-/// Request count and latency by route template, method, status and tenant (all bounded).
-async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    // MatchedPath is an Arc: cloning it does not copy the template.
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method: &'static str = match req.method().as_str() {
+/// The method as a metric label: the standard ones, else `other`.
+fn method_label(m: &Method) -> &'static str {
+    match m.as_str() {
         "GET" => "GET",
         "POST" => "POST",
         "PUT" => "PUT",
@@ -261,36 +362,7 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         "HEAD" => "HEAD",
         "OPTIONS" => "OPTIONS",
         _ => "other",
-    };
-    let path = req.uri().path();
-    let tenant: Option<Arc<Tenant>> = state
-        .tenants
-        .iter()
-        .find(|t| {
-            path.strip_prefix(t.base_path.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
-        .cloned();
-    let started = std::time::Instant::now();
-    let writes = !matches!(method, "GET" | "HEAD" | "OPTIONS");
-    let resp = next.run(req).await;
-    let status = resp.status();
-    if writes && status.is_success() {
-        // A committed change may have queued downstream work.
-        state.outbox.wake();
     }
-    let labels = [
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        method,
-        status.as_str(),
-        tenant.as_ref().map_or("-", |t| t.id.as_str()),
-    ];
-    crate::metrics::METRICS.http_requests.with_label_values(&labels).inc();
-    crate::metrics::METRICS
-        .http_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    resp
 }
 
 /// The OpenAPI document of the SCIM and admin APIs (tests check it against the route tables).
@@ -419,6 +491,56 @@ pub fn respond(out: crate::service::Output) -> Response {
 /// A JSON body response with the SCIM content type.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     raw_json_response(status, bytes::Bytes::from(body.to_string()))
+}
+
+/// A pre-serialised JSON body in chunks, with the SCIM content type and its Content-Length: the chunks are written
+/// out as they are (vectored), not copied into one buffer first.
+pub fn chunked_json_response(status: StatusCode, chunks: Vec<bytes::Bytes>) -> Response {
+    let mut r = (status, Body::new(Chunks::new(chunks))).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
+    r
+}
+
+/// A body of a few chunks whose total length is known.
+struct Chunks {
+    chunks: std::collections::VecDeque<bytes::Bytes>,
+    remaining: u64,
+}
+
+impl Chunks {
+    fn new(chunks: Vec<bytes::Bytes>) -> Self {
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        Chunks {
+            chunks: chunks.into(),
+            remaining,
+        }
+    }
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let next = this.chunks.pop_front().map(|c| {
+            this.remaining -= c.len() as u64;
+            Ok(hyper::body::Frame::data(c))
+        });
+        std::task::Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// A pre-serialised JSON body with the SCIM content type.

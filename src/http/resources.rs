@@ -11,11 +11,11 @@ use serde_json::Value;
 use scimgate_scim::schema::ResourceKind;
 
 use super::error::ApiError;
-use super::extract::{ReqInfo, ScimPath, ScimQuery};
+use super::extract::{QueryMap, ReqInfo, ScimPath};
 use super::{TenantState, json_response, read_json, respond};
 use crate::service::{Ctx, ListParams, Preconditions};
 
-type Params = ScimQuery<HashMap<String, String>>;
+type Params = QueryMap;
 
 fn ctx(ts: &TenantState, headers: &ReqInfo) -> Ctx {
     let request_id = headers
@@ -93,8 +93,8 @@ async fn list(
     p: ListParams,
 ) -> Result<Response, ApiError> {
     let cx = ctx(&ts, &headers);
-    if let Some(raw) = ts.app.service.list_by_user_name(&cx, kind, &p).await? {
-        return Ok(super::raw_json_response(StatusCode::OK, raw));
+    if let Some(chunks) = ts.app.service.list_by_user_name(&cx, kind, &p).await? {
+        return Ok(super::chunked_json_response(StatusCode::OK, chunks));
     }
     let body = ts.app.service.list(&cx, kind, &p).await?;
     Ok(json_response(StatusCode::OK, &body))
@@ -187,7 +187,7 @@ macro_rules! kind_handlers {
         pub async fn $list(
             State(ts): State<TenantState>,
             headers: ReqInfo,
-            ScimQuery(q): Params,
+            QueryMap(q): Params,
         ) -> Result<Response, ApiError> {
             list(ts, headers, Some($kind), list_params(&q)).await
         }
@@ -201,7 +201,7 @@ macro_rules! kind_handlers {
         pub async fn $create(
             State(ts): State<TenantState>,
             headers: ReqInfo,
-            ScimQuery(q): Params,
+            QueryMap(q): Params,
             body: Body,
         ) -> Result<Response, ApiError> {
             create(ts, headers, q, $kind, body).await
@@ -209,7 +209,7 @@ macro_rules! kind_handlers {
         pub async fn $get(
             State(ts): State<TenantState>,
             headers: ReqInfo,
-            ScimQuery(q): Params,
+            QueryMap(q): Params,
             ScimPath(id): ScimPath<String>,
         ) -> Result<Response, ApiError> {
             get_one(ts, headers, q, $kind, id).await
@@ -217,7 +217,7 @@ macro_rules! kind_handlers {
         pub async fn $replace(
             State(ts): State<TenantState>,
             headers: ReqInfo,
-            ScimQuery(q): Params,
+            QueryMap(q): Params,
             ScimPath(id): ScimPath<String>,
             body: Body,
         ) -> Result<Response, ApiError> {
@@ -226,7 +226,7 @@ macro_rules! kind_handlers {
         pub async fn $patch(
             State(ts): State<TenantState>,
             headers: ReqInfo,
-            ScimQuery(q): Params,
+            QueryMap(q): Params,
             ScimPath(id): ScimPath<String>,
             body: Body,
         ) -> Result<Response, ApiError> {

@@ -636,6 +636,8 @@ async fn request_ids_go_out_and_a_500_is_logged_with_its_request() {
     let context = super::RequestContext {
         ids: super::RequestIds::default(),
         span_reads: false,
+        tenants: Vec::new().into(),
+        outbox: None,
     };
     let router = axum::Router::new()
         .route(
