@@ -49,12 +49,13 @@ const STRIPES: usize = 4096;
 /// Shards of each table: writers of different users rarely meet on one lock.
 const SHARDS: usize = 64;
 
-/// Bytes an entry is charged beyond its answer, base URL and name: the key, the slot, the ring entry and the
-/// `Arc`'d record.
-const ENTRY_OVERHEAD: usize = 160;
+/// Bytes an entry is charged beyond its answer, base URL and name: its bucket in the shard's map (64 bytes, at the
+/// map's load factor and growth), its ring entry (48, with the stale ones compaction allows), the `Arc`'d record
+/// (104) and the body's shared header, with the allocator's rounding.
+const ENTRY_OVERHEAD: usize = 320;
 
-/// Bytes a userName hint is charged (key, slot, ring entry).
-const HINT_WEIGHT: usize = 64;
+/// Bytes a userName hint is charged: its bucket (48 bytes) and ring entry (24), at the same slack.
+const HINT_WEIGHT: usize = 128;
 
 /// More ids than this in one change and the whole cache is dropped instead (the rename of a group with more
 /// members than this). Below it, ids are dropped one by one: an IdP pushing a thousand members into a group does
