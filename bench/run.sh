@@ -198,7 +198,7 @@ if ((want_groups)) && ((SMALL_POOL < 1 || GROUP_LARGE - LARGE_POOL < 1)); then
   die "BENCH_USERS=$USERS is too few for the groups"
 fi
 
-declare -A LOADED GROUPS_SETUP
+declare -A LOADED=() GROUPS_SETUP=()
 for s in "${SERVERS[@]}"; do
   stores=STORES_$s
   if [[ "${!stores}" != 1 ]]; then
@@ -263,7 +263,7 @@ field() { # FILE NAME: a value from the BENCH_RESULT line
   sed -n 's/^BENCH_RESULT.* '"$2"'=\([0-9]*\).*/\1/p' "$1" | head -n 1
 }
 
-declare -A RPS P50 P99 ERRS ERRDETAIL NOTES IDLE
+declare -A RPS=() P50=() P99=() ERRS=() ERRDETAIL=() NOTES=() IDLE=()
 for entry in "${RUN_SCENARIOS[@]}"; do
   IFS='|' read -r name script desc <<<"$entry"
   for server in "${SERVERS[@]}"; do

@@ -54,7 +54,7 @@ mkdir -p "$RAW"
 
 log "starting scimgate"
 start_scimgate
-declare -A RSS
+declare -A RSS=()
 RSS[start]=$(rss_of "$PID_scimgate")
 
 log "loading $USERS users through /Bulk, $BULK_OPS operations per request"

@@ -664,6 +664,18 @@ impl SqlStore {
 
     /// PostgreSQL: `OFFSET 0` keeps a subquery from being flattened into the query around it (SQLite's planner
     /// already looks memberships up by member, and it rejects OFFSET without LIMIT).
+    /// The memberships table for a lookup by member. SQLite is told to use the member index: with statistics
+    /// from before the memberships were loaded (the first ANALYZE of a Bulk load runs on a nearly empty
+    /// database, and the other pooled connections keep the statistics they loaded until the schema changes) its
+    /// planner prefers the primary key's `tenant` prefix, a walk through every membership of the tenant; a PATCH to
+    /// a 10-member group then took 12 ms beside a 100k-member one.
+    fn memberships_by_member(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "scim_group_members INDEXED BY scim_group_members_member",
+            Dialect::Postgres => "scim_group_members",
+        }
+    }
+
     fn fence(&self) -> &'static str {
         match self.dialect {
             Dialect::Sqlite => "",
@@ -1245,8 +1257,9 @@ impl Store for SqlStore {
 
     async fn groups_of(&self, tenant: &str, member_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as(&format!(
-            "SELECT g.id, g.doc FROM (SELECT tenant, group_id FROM scim_group_members WHERE tenant = $1 \
+            "SELECT g.id, g.doc FROM (SELECT tenant, group_id FROM {} WHERE tenant = $1 \
              AND member_id = $2{}) m JOIN scim_groups g ON g.tenant = m.tenant AND g.id = m.group_id ORDER BY g.id",
+            self.memberships_by_member(),
             self.fence()
         ))
         .bind(tenant)
@@ -1273,9 +1286,10 @@ impl Store for SqlStore {
                 // The memberships are looked up by member first (`OFFSET 0` keeps PostgreSQL from flattening the
                 // subquery): with statistics from before a large group was loaded, its planner otherwise walks
                 // every member of every group.
-                "SELECT m.member_id, g.id, g.doc FROM (SELECT tenant, group_id, member_id FROM scim_group_members \
-                 WHERE tenant = $1 AND member_id IN (",
+                "SELECT m.member_id, g.id, g.doc FROM (SELECT tenant, group_id, member_id FROM ",
             );
+            sql.push_str(self.memberships_by_member());
+            sql.push_str(" WHERE tenant = $1 AND member_id IN (");
             for i in 0..chunk.len() {
                 sql.push_str(if i == 0 { "$" } else { ", $" });
                 sql.push_str(&(i + 2).to_string());
@@ -1776,9 +1790,10 @@ impl LifecycleStore for SqlStore {
         }
         let marks: Vec<String> = (0..out.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
-            "SELECT m.member_id, g.doc FROM (SELECT tenant, group_id, member_id FROM scim_group_members \
+            "SELECT m.member_id, g.doc FROM (SELECT tenant, group_id, member_id FROM {} \
              WHERE tenant = $1 AND member_id IN ({}){}) m JOIN scim_groups g ON g.tenant = m.tenant \
              AND g.id = m.group_id",
+            self.memberships_by_member(),
             marks.join(", "),
             self.fence()
         );
