@@ -2,7 +2,7 @@
 # scimgate load benchmark: one command, one machine, one run.
 #
 #   bench/run.sh
-#   BENCH_USERS=120000 BENCH_GROUP_LARGE=120000 bench/run.sh   # the issue 7 table (BENCHMARKS.md)
+#   BENCH_USERS=160000 BENCH_GROUP_LARGE=160000 BENCH_GROUP_POOL=60000 bench/run.sh   # the issue 7 table (BENCHMARKS.md)
 #
 # Builds release, installs the load generator (wrk) if missing, starts the servers on loopback ports:
 #   ceiling      bench/ceiling, a bare axum server with fixed answers of the same size (no auth, no store)
