@@ -527,14 +527,13 @@ impl ScimService {
     }
 
     /// `GET /Users?filter=userName eq "…"` with nothing else (the lookup every IdP makes before it creates or
-    /// links a user) answered through the read cache, as the chunks of the body. `None`: not that query, or no
-    /// cache; `list` answers.
+    /// links a user) answered through the read cache. `None`: not that query, or no cache; `list` answers.
     pub async fn list_by_user_name(
         &self,
         cx: &Ctx,
         kind: Option<ResourceKind>,
         p: &ListParams,
-    ) -> Result<Option<Vec<Bytes>>, ApiError> {
+    ) -> Result<Option<Bytes>, ApiError> {
         if kind != Some(ResourceKind::User)
             || p.sort_by.is_some()
             || p.sort_order.is_some()
@@ -598,7 +597,7 @@ impl ScimService {
                 }
             }
         };
-        Ok(Some(list_response_chunks(hit.as_deref())))
+        Ok(Some(list_response_bytes(hit.as_deref())))
     }
 
     /// Out of compare-and-swap retries: 412 if the client sent If-Match, otherwise a 409 asking for a retry.
@@ -1317,22 +1316,24 @@ fn attach_groups(cx: &Ctx, doc: &mut Map<String, Value>, groups: Vec<(String, St
     doc.insert("groups".into(), Value::Array(list));
 }
 
-/// A ListResponse of at most one pre-serialised user, as `list` would answer it, in chunks: the fixed head, the
-/// user's cached answer as it is (not copied), the tail.
-fn list_response_chunks(user: Option<&Rendered>) -> Vec<Bytes> {
-    static HEADS: std::sync::LazyLock<[Bytes; 2]> = std::sync::LazyLock::new(|| {
+/// A ListResponse of at most one pre-serialised user, as `list` would answer it.
+fn list_response_bytes(user: Option<&Rendered>) -> Bytes {
+    static HEADS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
         [0, 1].map(|n| {
-            Bytes::from(format!(
+            format!(
                 "{{\"schemas\":[\"{}\"],\"totalResults\":{n},\"itemsPerPage\":{n},\"startIndex\":1,\"Resources\":[",
                 urn::LIST_RESPONSE
-            ))
+            )
         })
     });
-    let tail = Bytes::from_static(b"]}");
-    match user {
-        Some(u) => vec![HEADS[1].clone(), u.body.clone(), tail],
-        None => vec![HEADS[0].clone(), tail],
+    let head = &HEADS[usize::from(user.is_some())];
+    let mut out = Vec::with_capacity(head.len() + 2 + user.map_or(0, |u| u.body.len()));
+    out.extend_from_slice(head.as_bytes());
+    if let Some(u) = user {
+        out.extend_from_slice(&u.body);
     }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
 }
 
 /// How many Bulk creates commit in one transaction.

@@ -52,15 +52,8 @@ impl TenantGuard {
         }
     }
 
-    /// Authenticate a bearer token; returns the credential key used for per-credential limits.
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<String, ApiError> {
-        match self.authenticate_now(bearer) {
-            Some(decided) => decided,
-            None => self.authenticate_jwt(bearer.unwrap_or_default()).await,
-        }
-    }
-
-    /// What can be decided without waiting: a missing token, one of the static tokens, or (no JWT validation
+    /// Authenticate a bearer token as far as can be decided without waiting; returns the credential key used for
+    /// per-credential limits. Decided here: a missing token, one of the static tokens, or (no JWT validation
     /// configured, or not JWT-shaped) a wrong one. `None`: the token is to be validated as a JWT
     /// ([`TenantGuard::authenticate_jwt`]).
     pub fn authenticate_now(&self, bearer: Option<&str>) -> Option<Result<String, ApiError>> {

@@ -146,20 +146,21 @@ fn tenant_router(ts: TenantState) -> Router {
     }
     router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(AuthLayer(ts.clone()))
+        .layer(AuthLayer(ts.app.guards.get(&ts.tenant.id).cloned()))
         .with_state(ts)
 }
 
 /// Authentication (static token or JWT) and rate limits for a tenant's routes: every route and fallback of the
 /// tenant's router is wrapped in [`Authenticate`].
+/// `None`: a tenant without a guard (none is built without one); every request is refused.
 #[derive(Clone)]
-struct AuthLayer(TenantState);
+struct AuthLayer(Option<Arc<auth::TenantGuard>>);
 
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = Authenticate<S>;
     fn layer(&self, inner: S) -> Authenticate<S> {
         Authenticate {
-            ts: self.0.clone(),
+            guard: self.0.clone(),
             inner,
         }
     }
@@ -170,7 +171,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 /// (a few per cent of a cached GET); only a JWT, whose JWKS may have to be fetched, waits in a future of its own.
 #[derive(Clone)]
 struct Authenticate<S> {
-    ts: TenantState,
+    guard: Option<Arc<auth::TenantGuard>>,
     inner: S,
 }
 
@@ -195,7 +196,7 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         use futures::future::Either::{Left, Right};
         let answer = |r: Response| Left(Left(std::future::ready(Ok(r))));
-        let Some(guard) = self.ts.app.guards.get(&self.ts.tenant.id).cloned() else {
+        let Some(guard) = self.guard.clone() else {
             return answer(ApiError::Unauthorized("unknown tenant".into()).into_response());
         };
         let presented = extract::bearer(req.headers());
@@ -491,56 +492,6 @@ pub fn respond(out: crate::service::Output) -> Response {
 /// A JSON body response with the SCIM content type.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     raw_json_response(status, bytes::Bytes::from(body.to_string()))
-}
-
-/// A pre-serialised JSON body in chunks, with the SCIM content type and its Content-Length: the chunks are written
-/// out as they are (vectored), not copied into one buffer first.
-pub fn chunked_json_response(status: StatusCode, chunks: Vec<bytes::Bytes>) -> Response {
-    let mut r = (status, Body::new(Chunks::new(chunks))).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
-    r
-}
-
-/// A body of a few chunks whose total length is known.
-struct Chunks {
-    chunks: std::collections::VecDeque<bytes::Bytes>,
-    remaining: u64,
-}
-
-impl Chunks {
-    fn new(chunks: Vec<bytes::Bytes>) -> Self {
-        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
-        Chunks {
-            chunks: chunks.into(),
-            remaining,
-        }
-    }
-}
-
-impl hyper::body::Body for Chunks {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let next = this.chunks.pop_front().map(|c| {
-            this.remaining -= c.len() as u64;
-            Ok(hyper::body::Frame::data(c))
-        });
-        std::task::Poll::Ready(next)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.remaining)
-    }
 }
 
 /// A pre-serialised JSON body with the SCIM content type.

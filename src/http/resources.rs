@@ -93,8 +93,8 @@ async fn list(
     p: ListParams,
 ) -> Result<Response, ApiError> {
     let cx = ctx(&ts, &headers);
-    if let Some(chunks) = ts.app.service.list_by_user_name(&cx, kind, &p).await? {
-        return Ok(super::chunked_json_response(StatusCode::OK, chunks));
+    if let Some(raw) = ts.app.service.list_by_user_name(&cx, kind, &p).await? {
+        return Ok(super::raw_json_response(StatusCode::OK, raw));
     }
     let body = ts.app.service.list(&cx, kind, &p).await?;
     Ok(json_response(StatusCode::OK, &body))

@@ -662,8 +662,6 @@ impl SqlStore {
         rows.iter().map(Self::row).collect()
     }
 
-    /// PostgreSQL: `OFFSET 0` keeps a subquery from being flattened into the query around it (SQLite's planner
-    /// already looks memberships up by member, and it rejects OFFSET without LIMIT).
     /// The memberships table for a lookup by member. SQLite is told to use the member index: with statistics
     /// from before the memberships were loaded (the first ANALYZE of a Bulk load runs on a nearly empty
     /// database, and the other pooled connections keep the statistics they loaded until the schema changes) its
@@ -676,6 +674,8 @@ impl SqlStore {
         }
     }
 
+    /// PostgreSQL: `OFFSET 0` keeps a subquery from being flattened into the query around it (SQLite rejects
+    /// OFFSET without LIMIT, and is kept on the member index by [`SqlStore::memberships_by_member`]).
     fn fence(&self) -> &'static str {
         match self.dialect {
             Dialect::Sqlite => "",
@@ -1284,8 +1284,8 @@ impl Store for SqlStore {
         for chunk in member_ids.chunks(MAX_BINDS - 1) {
             let mut sql = String::from(
                 // The memberships are looked up by member first (`OFFSET 0` keeps PostgreSQL from flattening the
-                // subquery): with statistics from before a large group was loaded, its planner otherwise walks
-                // every member of every group.
+                // subquery, `INDEXED BY` holds SQLite to the member index): with statistics from before a large
+                // group was loaded, either planner otherwise walks every member of every group.
                 "SELECT m.member_id, g.id, g.doc FROM (SELECT tenant, group_id, member_id FROM ",
             );
             sql.push_str(self.memberships_by_member());
