@@ -74,16 +74,18 @@ impl GroupCommit {
         let lanes = lanes.max(1);
         let (creates, rx) = mpsc::channel::<Job>(MAX_GROUP * 16);
         let rx = Arc::new(Mutex::new(rx));
+        let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
         for _ in 0..lanes {
-            tokio::spawn(lane(store.clone(), rx.clone()));
+            tasks.push(Box::pin(lane(store.clone(), rx.clone())));
         }
         let replaces = (0..lanes)
             .map(|_| {
                 let (tx, rx) = mpsc::channel::<Job>(MAX_GROUP * 4);
-                tokio::spawn(lane(store.clone(), Arc::new(Mutex::new(rx))));
+                tasks.push(Box::pin(lane(store.clone(), Arc::new(Mutex::new(rx)))));
                 tx
             })
             .collect();
+        spawn_lanes(tasks);
         GroupCommit { creates, replaces }
     }
 
@@ -124,6 +126,31 @@ impl GroupCommit {
         };
         queue.send(job).await.map_err(|_| CommitError::Stopped)?;
         Ok(answer.await.map_err(|_| CommitError::Stopped)??)
+    }
+}
+
+/// Run the lanes on a thread of their own with its own single-threaded runtime. A lane's transaction is a chain of
+/// statements, each a round trip to the database (to SQLite's connection thread), and the lane cannot start the
+/// next one until it is polled again. Woken from outside the request runtime, a lane task there waits in that
+/// runtime's shared queue behind the request tasks already running (they keep both cores busy under load), once
+/// per statement; on its own idle thread it is polled as soon as the kernel wakes the thread. Falls back to the
+/// current runtime if the thread cannot be started.
+fn spawn_lanes(tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime of its own for the group committer; sharing the request runtime");
+            for t in tasks {
+                tokio::spawn(t);
+            }
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("scimgate-commit".into())
+        .spawn(move || rt.block_on(futures::future::join_all(tasks)));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the group committer: writes will fail");
     }
 }
 

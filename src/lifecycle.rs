@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use scimgate_scim::patch::MemberOp;
 use scimgate_scim::schema::{ENTERPRISE_URN, ResourceKind};
-use scimgate_store::{Effects, IdentityState, StoreError, Stored};
+use scimgate_store::{DecisionInputs, Effects, IdentityState, StoreError, Stored};
 
 use crate::engine::{Decision, Engine, EngineError, Subject};
 use crate::http::error::ApiError;
@@ -32,6 +32,10 @@ pub(crate) struct Change<'a> {
     pub fresh: bool,
     /// The document or password changed (accounts are refreshed downstream).
     pub changed: bool,
+    /// The identity's decision inputs, when the caller read them with the user
+    /// ([`LifecycleStore::user_for_change`](scimgate_store::LifecycleStore::user_for_change)); otherwise they are
+    /// read here, in one statement. Unused for a fresh identity.
+    pub inputs: Option<DecisionInputs>,
 }
 
 /// How a membership change affects one user: the groups before and after.
@@ -83,16 +87,17 @@ impl ScimService {
             archived,
             fresh,
             changed,
+            inputs,
         } = c;
         let Some(engine) = &self.engine else { return Ok(None) };
         let (prior, exceptions, pending) = if fresh {
             (None, vec![], vec![])
         } else {
-            (
-                self.store.identity_state(tenant, id).await?,
-                self.store.exceptions(tenant, Some(id)).await?,
-                self.store.approvals(tenant, Some("pending"), Some(id)).await?,
-            )
+            let inputs = match inputs {
+                Some(i) => i,
+                None => self.store.decision_inputs(tenant, id).await?,
+            };
+            (inputs.state, inputs.exceptions, inputs.pending)
         };
         let manager = self.manager_name(tenant, doc).await?;
         let subject = Subject {
@@ -258,6 +263,7 @@ impl ScimService {
                         archived: false,
                         fresh: false,
                         changed: false,
+                        inputs: None,
                     },
                     "membership",
                 )
@@ -291,8 +297,11 @@ impl ScimService {
         doc: &Map<String, Value>,
         groups: &[String],
     ) -> Result<HashSet<String>, ApiError> {
-        let prior = self.store.identity_state(tenant, id).await?;
-        let exceptions = self.store.exceptions(tenant, Some(id)).await?;
+        let DecisionInputs {
+            state: prior,
+            exceptions,
+            ..
+        } = self.store.decision_inputs(tenant, id).await?;
         let subject = Subject {
             tenant,
             id,
@@ -328,6 +337,7 @@ impl ScimService {
                         archived,
                         fresh: false,
                         changed: false,
+                        inputs: None,
                     },
                     cause,
                 )

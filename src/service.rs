@@ -144,6 +144,9 @@ fn etag_matches(header: &str, version: i64) -> bool {
 
 const MAX_CAS_RETRIES: usize = 8;
 
+/// A user's group names and decision inputs, read with it ([`ScimService::load_for_change`]).
+type UserReads = (Vec<String>, scimgate_store::DecisionInputs);
+
 impl ScimService {
     fn location(&self, cx: &Ctx, kind: ResourceKind, id: &str) -> String {
         format!("{}/{}/{}", cx.base_url, kind.endpoint(), id)
@@ -289,6 +292,23 @@ impl ScimService {
             .ok_or_else(|| ApiError::NotFound(format!("{} {id} not found", kind.as_str())))
     }
 
+    /// The resource a PUT or PATCH changes; for a user also what its policy decision reads (its groups' names,
+    /// its lifecycle state, exceptions and pending approvals), all in one statement.
+    async fn load_for_change(
+        &self,
+        cx: &Ctx,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<(Stored, Option<UserReads>), ApiError> {
+        if kind == ResourceKind::Group || self.engine.is_none() {
+            return Ok((self.load(cx, kind, id).await?, None));
+        }
+        let found = self.store.user_for_change(&cx.tenant.id, id).await?;
+        let f = found.ok_or_else(|| ApiError::NotFound(format!("{} {id} not found", kind.as_str())))?;
+        let names = f.groups.into_iter().map(|(_, name)| name).collect();
+        Ok((f.user, Some((names, f.inputs))))
+    }
+
     /// Seal a password into the outbox rows of these effects (each row bound to its own id), so it reaches the
     /// targets that take passwords. Without an outbox key the password is kept only as the local hash.
     fn seal_secrets(&self, tenant: &str, mut effects: Vec<Effects>, password: Option<&Secret>) -> Vec<Effects> {
@@ -425,6 +445,7 @@ impl ScimService {
                         archived: false,
                         fresh: true,
                         changed: true,
+                        inputs: None,
                     },
                     "create",
                 )
@@ -640,7 +661,7 @@ impl ScimService {
         let password = self.take_password(kind, &mut doc).await?;
         let password_hash = password.as_ref().map(|(h, _)| h.clone());
         for _ in 0..MAX_CAS_RETRIES {
-            let current = self.load(cx, kind, id).await?;
+            let (current, reads) = self.load_for_change(cx, kind, id).await?;
             Self::check_if_match(pre, current.version)?;
             check_immutable(&self.reg, kind, &current.doc, &doc)?;
             let doc_changed = doc != current.doc || password_hash.is_some();
@@ -648,7 +669,7 @@ impl ScimService {
                 return self.output(cx, kind, &current, proj, StatusCode::OK).await;
             }
             let effects = self
-                .change_effects(cx, kind, id, &current, &doc, doc_changed, &member_ops)
+                .change_effects(cx, kind, id, &current, reads, &doc, doc_changed, &member_ops)
                 .await?;
             let effects = self.seal_secrets(&cx.tenant.id, effects, password.as_ref().map(|(_, p)| p));
             let audit = vec![request_audit(
@@ -694,7 +715,7 @@ impl ScimService {
             ResourceKind::User => (vec![], ops),
         };
         for _ in 0..MAX_CAS_RETRIES {
-            let current = self.load(cx, kind, id).await?;
+            let (current, reads) = self.load_for_change(cx, kind, id).await?;
             Self::check_if_match(pre, current.version)?;
             let mut doc = current.doc.clone();
             patch::apply(&self.reg, kind, id, &mut doc, &ops)?;
@@ -708,7 +729,7 @@ impl ScimService {
                 return self.output(cx, kind, &current, proj, StatusCode::OK).await;
             }
             let effects = self
-                .change_effects(cx, kind, id, &current, &doc, doc_changed, &member_ops)
+                .change_effects(cx, kind, id, &current, reads, &doc, doc_changed, &member_ops)
                 .await?;
             let effects = self.seal_secrets(&cx.tenant.id, effects, password.as_ref().map(|(_, p)| p));
             let mut changed = changed_attributes(&current.doc, &doc);
@@ -844,6 +865,7 @@ impl ScimService {
                             archived: true,
                             fresh: false,
                             changed: false,
+                            inputs: None,
                         },
                         "delete",
                     )
@@ -896,6 +918,7 @@ impl ScimService {
         kind: ResourceKind,
         id: &str,
         current: &Stored,
+        reads: Option<UserReads>,
         doc: &serde_json::Map<String, Value>,
         doc_changed: bool,
         member_ops: &[MemberOp],
@@ -903,7 +926,10 @@ impl ScimService {
         let tenant = &cx.tenant.id;
         Ok(match kind {
             ResourceKind::User if doc_changed => {
-                let groups = self.group_names(tenant, id).await?;
+                let (groups, inputs) = match reads {
+                    Some((groups, inputs)) => (groups, Some(inputs)),
+                    None => (self.group_names(tenant, id).await?, None),
+                };
                 self.decide_user(
                     tenant,
                     Change {
@@ -913,6 +939,7 @@ impl ScimService {
                         archived: false,
                         fresh: false,
                         changed: true,
+                        inputs,
                     },
                     "update",
                 )

@@ -20,7 +20,9 @@ use scimgate_scim::patch::{Member, MemberOp};
 use scimgate_scim::schema::{Registry, ResourceKind};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, AuditStore, VerifyReport};
-pub use lifecycle::{ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord, StateWrite};
+pub use lifecycle::{
+    ApprovalRecord, DecisionInputs, Effects, ExceptionRecord, IdentityState, PlanRecord, StateWrite, UserForChange,
+};
 pub use outbox::{OutboxEntry, OutboxFilter, OutboxNew, OutboxStore, Outcome};
 pub use sql::SqlStore;
 
@@ -228,6 +230,12 @@ pub trait LifecycleStore: Send + Sync + 'static {
     ) -> Result<Vec<ApprovalRecord>, StoreError>;
     async fn approval(&self, tenant: &str, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
     async fn exceptions(&self, tenant: &str, identity: Option<&str>) -> Result<Vec<ExceptionRecord>, StoreError>;
+    /// An identity's state, SoD exceptions and pending approvals: [`LifecycleStore::identity_state`],
+    /// [`LifecycleStore::exceptions`] and the pending [`LifecycleStore::approvals`], in one statement.
+    async fn decision_inputs(&self, tenant: &str, id: &str) -> Result<DecisionInputs, StoreError>;
+    /// A user that is not archived ([`Store::get`]), its groups ([`Store::groups_of`]) and its decision inputs,
+    /// in one statement: what a PUT or PATCH of a user reads before its policy decision.
+    async fn user_for_change(&self, tenant: &str, id: &str) -> Result<Option<UserForChange>, StoreError>;
     /// Identities whose timer is due: (tenant, id).
     async fn due_identities(&self, now: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
     /// Pending approvals due to escalate or expire: (tenant, approval).

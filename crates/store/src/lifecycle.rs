@@ -76,6 +76,26 @@ pub struct ExceptionRecord {
     pub expires_at: String,
 }
 
+/// What a policy decision on an existing identity reads besides the identity itself: its lifecycle state, its SoD
+/// exceptions (by rule) and its pending approvals (oldest first). Read in one statement
+/// ([`LifecycleStore::decision_inputs`](crate::LifecycleStore::decision_inputs)).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecisionInputs {
+    pub state: Option<IdentityState>,
+    pub exceptions: Vec<ExceptionRecord>,
+    pub pending: Vec<ApprovalRecord>,
+}
+
+/// A user about to change and everything the change reads, in one statement
+/// ([`LifecycleStore::user_for_change`](crate::LifecycleStore::user_for_change)): the user, its groups (id,
+/// displayName, by id) and its decision inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserForChange {
+    pub user: crate::Stored,
+    pub groups: Vec<(String, String)>,
+    pub inputs: DecisionInputs,
+}
+
 /// Everything a change decides for one identity, written atomically with it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {

@@ -15,7 +15,9 @@ use scimgate_scim::resource::format_datetime;
 use scimgate_scim::schema::ResourceKind;
 
 use crate::cache::{ReadCache, Touched};
-use crate::lifecycle::{self, ApprovalRecord, Effects, ExceptionRecord, IdentityState, PlanRecord};
+use crate::lifecycle::{
+    self, ApprovalRecord, DecisionInputs, Effects, ExceptionRecord, IdentityState, PlanRecord, UserForChange,
+};
 use crate::lower::{Binds, Dialect, lower, sort_column, split};
 use crate::{IdentityRow, LifecycleStore};
 use crate::{Page, Query, Replacement, Start, Store, StoreError, Stored, Write, str_at};
@@ -1712,6 +1714,25 @@ impl LifecycleStore for SqlStore {
         row.as_ref().map(lifecycle::approval_row).transpose()
     }
 
+    async fn decision_inputs(&self, tenant: &str, id: &str) -> Result<DecisionInputs, StoreError> {
+        let rows = sqlx::query(self.change_reads(false))
+            .bind(tenant)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(change_rows(&rows, id)?.2)
+    }
+
+    async fn user_for_change(&self, tenant: &str, id: &str) -> Result<Option<UserForChange>, StoreError> {
+        let rows = sqlx::query(self.change_reads(true))
+            .bind(tenant)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        let (user, groups, inputs) = change_rows(&rows, id)?;
+        Ok(user.map(|user| UserForChange { user, groups, inputs }))
+    }
+
     async fn exceptions(&self, tenant: &str, identity: Option<&str>) -> Result<Vec<ExceptionRecord>, StoreError> {
         let (sql, binds) = filtered("sod_exceptions", tenant, &[("identity_id", identity)]);
         let rows = bind_all(sqlx::query(&format!("{sql} ORDER BY identity_id, rule")), &binds)
@@ -1828,6 +1849,24 @@ impl LifecycleStore for SqlStore {
 
 impl SqlStore {
     /// The pool, for the store's other modules (the audit trail).
+    /// [`change_reads_sql`] for this store's dialect, built once.
+    fn change_reads(&self, with_user: bool) -> &'static str {
+        use std::sync::LazyLock;
+        static SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
+            [
+                change_reads_sql(Dialect::Sqlite, false),
+                change_reads_sql(Dialect::Sqlite, true),
+                change_reads_sql(Dialect::Postgres, false),
+                change_reads_sql(Dialect::Postgres, true),
+            ]
+        });
+        let i = match self.dialect {
+            Dialect::Sqlite => 0,
+            Dialect::Postgres => 2,
+        } + usize::from(with_user);
+        &SQL[i]
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -1835,4 +1874,114 @@ impl SqlStore {
     pub(crate) fn dialect(&self) -> Dialect {
         self.dialect
     }
+}
+
+/// The statement behind [`LifecycleStore::decision_inputs`] (`with_user: false`) and
+/// [`LifecycleStore::user_for_change`]: the identity's rows from up to five tables in one `UNION ALL` of one
+/// shape, each row tagged with its table. One statement is one round trip to PostgreSQL and one hand-off to
+/// SQLite's connection thread (each costs more than the lookups themselves), and one snapshot of all five.
+/// Columns: tag, a number, seven texts, two sort keys; ordered as the single-table reads order (groups by id,
+/// exceptions by rule, approvals by created and id).
+fn change_reads_sql(dialect: Dialect, with_user: bool) -> String {
+    let members = match dialect {
+        Dialect::Sqlite => "scim_group_members INDEXED BY scim_group_members_member",
+        Dialect::Postgres => "scim_group_members",
+    };
+    let fence = match dialect {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " OFFSET 0",
+    };
+    let mut parts = vec![
+        "SELECT 's' AS tag, CAST(version AS BIGINT) AS n, leaver_since AS t1, current AS t2, evaluation AS t3, \
+         policy_hash AS t4, wakeup_at AS t5, updated AS t6, CAST(NULL AS TEXT) AS t7, CAST(NULL AS TEXT) AS o1, \
+         CAST(NULL AS TEXT) AS o2 FROM identity_state WHERE tenant = $1 AND identity_id = $2"
+            .to_string(),
+        "SELECT 'e', NULL, rule, approver, approval_id, created, expires_at, NULL, NULL, rule, NULL \
+         FROM sod_exceptions WHERE tenant = $1 AND identity_id = $2"
+            .to_string(),
+        "SELECT 'a', version, id, status, created, escalate_at, expires_at, decided_at, request, created, id \
+         FROM approvals WHERE tenant = $1 AND identity_id = $2 AND status = 'pending'"
+            .to_string(),
+    ];
+    if with_user {
+        parts.push(
+            "SELECT 'u', version, created, last_modified, doc, NULL, NULL, NULL, NULL, NULL, NULL FROM scim_users \
+             WHERE tenant = $1 AND id = $2 AND archived_at IS NULL"
+                .to_string(),
+        );
+        parts.push(format!(
+            "SELECT 'g', NULL, g.id, g.doc, NULL, NULL, NULL, NULL, NULL, g.id, NULL FROM (SELECT tenant, group_id \
+             FROM {members} WHERE tenant = $1 AND member_id = $2{fence}) m \
+             JOIN scim_groups g ON g.tenant = m.tenant AND g.id = m.group_id"
+        ));
+    }
+    format!("{} ORDER BY 1, 10, 11", parts.join(" UNION ALL "))
+}
+
+/// The rows of [`change_reads_sql`] for identity `id`: the user (if read and found), its groups, its inputs.
+fn change_rows(
+    rows: &[AnyRow],
+    id: &str,
+) -> Result<(Option<Stored>, Vec<(String, String)>, DecisionInputs), StoreError> {
+    let mut user = None;
+    let mut groups = Vec::new();
+    let mut inputs = DecisionInputs::default();
+    for r in rows {
+        let tag: String = r.try_get(0)?;
+        let t = |i: usize| r.try_get::<Option<String>, _>(i + 1);
+        let text = |i: usize| -> Result<String, StoreError> {
+            t(i)?.ok_or_else(|| StoreError::Corrupt(format!("a NULL where text was expected ({tag}, column {i})")))
+        };
+        match tag.as_str() {
+            "s" => {
+                inputs.state = Some(IdentityState {
+                    identity_id: id.to_string(),
+                    version: r.try_get(1)?,
+                    leaver_since: t(1)?,
+                    current: text(2)?,
+                    evaluation: text(3)?,
+                    policy_hash: text(4)?,
+                    wakeup_at: t(5)?,
+                    updated: text(6)?,
+                })
+            }
+            "e" => inputs.exceptions.push(ExceptionRecord {
+                identity_id: id.to_string(),
+                rule: text(1)?,
+                approver: text(2)?,
+                approval_id: text(3)?,
+                created: text(4)?,
+                expires_at: text(5)?,
+            }),
+            "a" => inputs.pending.push(ApprovalRecord {
+                id: text(1)?,
+                identity_id: id.to_string(),
+                status: text(2)?,
+                created: text(3)?,
+                escalate_at: t(4)?,
+                expires_at: text(5)?,
+                decided_at: t(6)?,
+                version: r.try_get(1)?,
+                request: text(7)?,
+            }),
+            "u" => {
+                let doc: Map<String, Value> =
+                    serde_json::from_str(&text(3)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                user = Some(Stored {
+                    id: id.to_string(),
+                    version: r.try_get(1)?,
+                    created: text(1)?,
+                    last_modified: text(2)?,
+                    doc,
+                });
+            }
+            "g" => {
+                let doc: Map<String, Value> =
+                    serde_json::from_str(&text(2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                groups.push((text(1)?, str_at(&doc, "displayName").unwrap_or_default().to_string()));
+            }
+            other => return Err(StoreError::Corrupt(format!("unexpected row tag {other}"))),
+        }
+    }
+    Ok((user, groups, inputs))
 }

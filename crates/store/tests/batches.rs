@@ -354,3 +354,124 @@ async fn replace_many_on_postgres() {
     let db = scimgate_testkit::db::TempDb::postgres("scimgate_replace_many");
     replace_many_gives_each_replacement_its_own_outcome(connect(db.url.clone()).await).await;
 }
+
+/// `user_for_change` and `decision_inputs` read in one statement exactly what `get`, `groups_of`,
+/// `identity_state`, `exceptions` and the pending `approvals` read one by one: the same records, in the same order.
+async fn combined_reads_match_the_single_reads(store: SqlStore) {
+    use scimgate_scim::patch::Member;
+    use scimgate_store::{ApprovalRecord, ExceptionRecord};
+    let t = "t";
+    store
+        .create_many(
+            t,
+            ResourceKind::User,
+            &[("u1".into(), write("u1", "alice")), ("u2".into(), write("u2", "bob"))],
+        )
+        .await
+        .expect("seed");
+    for (gid, name) in [("g2", "Zeta"), ("g1", "Alpha")] {
+        let doc: Map<String, Value> = serde_json::from_value(json!({"displayName": name})).expect("doc");
+        let w = Write {
+            doc,
+            password_hash: None,
+            doc_changed: true,
+            effects: vec![],
+            audit: vec![],
+        };
+        let members = [Member {
+            value: "u1".into(),
+            kind: Some("User".into()),
+        }];
+        store
+            .create(t, ResourceKind::Group, gid, w, &members)
+            .await
+            .expect("group");
+    }
+    let approval = |id: &str, status: &str, created: &str| ApprovalRecord {
+        id: id.into(),
+        identity_id: "u1".into(),
+        status: status.into(),
+        created: created.into(),
+        escalate_at: (id == "ap-b").then(|| "2030-01-02T00:00:00Z".into()),
+        expires_at: "2030-02-01T00:00:00Z".into(),
+        decided_at: None,
+        version: 1,
+        request: format!("{{\"id\":\"{id}\"}}"),
+    };
+    let exception = |rule: &str| ExceptionRecord {
+        identity_id: "u1".into(),
+        rule: rule.into(),
+        approver: "carol".into(),
+        approval_id: "ap-x".into(),
+        created: "2030-01-01T00:00:00Z".into(),
+        expires_at: "2031-01-01T00:00:00Z".into(),
+    };
+    store
+        .apply_effects(
+            t,
+            &[Effects {
+                identity_id: "u1".into(),
+                new_approvals: vec![
+                    approval("ap-c", "pending", "2030-01-03T00:00:00Z"),
+                    approval("ap-a", "approved", "2030-01-01T00:00:00Z"),
+                    approval("ap-b", "pending", "2030-01-01T00:00:00Z"),
+                ],
+                new_exceptions: vec![exception("sod-2"), exception("sod-1")],
+                ..Effects::default()
+            }],
+        )
+        .await
+        .expect("effects");
+
+    let got = store.user_for_change(t, "u1").await.expect("read").expect("found");
+    assert_eq!(
+        Some(got.user.clone()),
+        store.get(t, ResourceKind::User, "u1").await.expect("get")
+    );
+    assert_eq!(got.groups, store.groups_of(t, "u1").await.expect("groups"));
+    assert_eq!(
+        got.groups,
+        [
+            ("g1".to_string(), "Alpha".to_string()),
+            ("g2".to_string(), "Zeta".to_string())
+        ]
+    );
+    let state = store.identity_state(t, "u1").await.expect("state");
+    assert!(state.is_some());
+    assert_eq!(got.inputs.state, state);
+    assert_eq!(
+        got.inputs.exceptions,
+        store.exceptions(t, Some("u1")).await.expect("exceptions")
+    );
+    let rules: Vec<&str> = got.inputs.exceptions.iter().map(|e| e.rule.as_str()).collect();
+    assert_eq!(rules, ["sod-1", "sod-2"]);
+    let pending = store
+        .approvals(t, Some("pending"), Some("u1"))
+        .await
+        .expect("approvals");
+    assert_eq!(got.inputs.pending, pending);
+    let ids: Vec<&str> = got.inputs.pending.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["ap-b", "ap-c"]);
+    assert_eq!(store.decision_inputs(t, "u1").await.expect("inputs"), got.inputs);
+
+    // A user with nothing but a state; an unknown one.
+    let bob = store.user_for_change(t, "u2").await.expect("read").expect("found");
+    assert!(bob.groups.is_empty() && bob.inputs.exceptions.is_empty() && bob.inputs.pending.is_empty());
+    assert_eq!(bob.inputs.state.map(|s| s.version), Some(1));
+    assert!(store.user_for_change(t, "nobody").await.expect("read").is_none());
+    let none = store.decision_inputs(t, "nobody").await.expect("inputs");
+    assert_eq!(none, scimgate_store::DecisionInputs::default());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn combined_reads_on_sqlite() {
+    let (store, dir) = open().await;
+    combined_reads_match_the_single_reads(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn combined_reads_on_postgres() {
+    let db = scimgate_testkit::db::TempDb::postgres("scimgate_combined_reads");
+    combined_reads_match_the_single_reads(connect(db.url.clone()).await).await;
+}
