@@ -730,8 +730,8 @@ impl SqlStore {
 
     /// One retention batch: delete up to `limit` records older than `older_than` from the start of the chain.
     async fn prune_batch(&self, tenant: &str, older_than: &str, limit: usize) -> Result<usize, StoreError> {
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool().begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         // The head lock serializes prunes with each other and with appends of this tenant.
         if sqlx::query("UPDATE audit_head SET seq = seq WHERE tenant = $1")
             .bind(tenant)
@@ -832,8 +832,8 @@ impl AuditStore for SqlStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool().begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         append_tx(&mut tx, tenant, at, entries).await?;
         tx.commit().await?;
         Ok(())

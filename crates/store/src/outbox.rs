@@ -237,8 +237,8 @@ impl OutboxStore for SqlStore {
                ORDER BY o.priority DESC, o.created, o.id LIMIT $5{lock}) \
              RETURNING {COLUMNS}"
         );
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool().begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let rows = sqlx::query(&sql)
             .bind(owner)
             .bind(lease_until)
@@ -261,8 +261,8 @@ impl OutboxStore for SqlStore {
         outcome: &Outcome,
         audit: &[AuditEntry],
     ) -> Result<bool, StoreError> {
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool().begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let guard = "WHERE tenant = $1 AND id = $2 AND status = 'running' AND lease_owner = $3";
         let done = match outcome {
             Outcome::Done { .. } | Outcome::Superseded => {
@@ -407,8 +407,8 @@ impl OutboxStore for SqlStore {
     }
 
     async fn replay(&self, tenant: &str, id: &str, now: &str, audit: &[AuditEntry]) -> Result<bool, StoreError> {
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool().begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let done = sqlx::query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_at = $1, updated = $1 \
              WHERE tenant = $2 AND id = $3 AND status = 'dead'",

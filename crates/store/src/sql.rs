@@ -41,12 +41,72 @@ pub struct SqlStore {
     dialect: Dialect,
     /// The read cache, if enabled ([`SqlStore::with_cache`]); every write below invalidates what it touched.
     cache: Option<Arc<ReadCache>>,
-    /// SQLite: whose turn it is to write. SQLite has one writer; without a queue, concurrent write transactions
-    /// collide on its lock and the losers sleep in its busy handler in growing steps (tens to hundreds of
-    /// milliseconds of tail latency). With it they wait their turn, first come first served. `None` on PostgreSQL.
-    write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Where write transactions run ([`SqlStore::writer`]).
+    writer: Writer,
     /// SQLite: when the planner's statistics were last refreshed (unix seconds; 0: never in this process).
     analyzed_at: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Where a store's write transactions run.
+///
+/// SQLite has one writer: without a queue, concurrent write transactions collide on its lock and the losers sleep
+/// in its busy handler in growing steps (tens to hundreds of milliseconds of tail latency). So a SQLite file is
+/// written through one connection of its own, outside the pool, taken in turn, first come first served. Being the
+/// only connection that writes, its page cache stays valid from one transaction to the next (a pooled
+/// connection's cache is dropped whenever another connection has written since its last use), and a write never
+/// waits in the pool's queue behind the reads. An in-memory database (one per connection) takes turns on a pooled
+/// connection instead. PostgreSQL writes on pooled connections, concurrently.
+#[derive(Debug, Clone)]
+enum Writer {
+    Own(Arc<tokio::sync::Mutex<sqlx::AnyConnection>>),
+    Turn(Arc<tokio::sync::Mutex<()>>),
+    Pool,
+}
+
+/// A connection to run one write transaction on, held until the transaction has committed or rolled back.
+pub(crate) enum WriteConn {
+    Own(tokio::sync::OwnedMutexGuard<sqlx::AnyConnection>),
+    Pooled {
+        conn: sqlx::pool::PoolConnection<sqlx::Any>,
+        /// An in-memory SQLite database's turn, held with the connection.
+        _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    },
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        match self {
+            WriteConn::Own(c) => c,
+            WriteConn::Pooled { conn, .. } => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            WriteConn::Own(c) => c,
+            WriteConn::Pooled { conn, .. } => conn,
+        }
+    }
+}
+
+/// The settings of every SQLite connection: durable WAL commits, the busy timeout, a larger page cache.
+async fn sqlite_settings(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    for pragma in [
+        "PRAGMA busy_timeout = 10000",
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+        // 8 MiB of page cache per connection (the default is 2 MiB): index pages stay in memory.
+        "PRAGMA cache_size = -8192",
+        "PRAGMA case_sensitive_like = ON",
+        // Statement journals (a savepoint's, a multi-row statement's) in memory, not in a temporary file.
+        "PRAGMA temp_store = MEMORY",
+    ] {
+        sqlx::query(pragma).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// The PostgreSQL channel on which each committed write names the users it changed, for other nodes' caches.
@@ -195,19 +255,7 @@ impl SqlStore {
             });
         }
         if dialect == Dialect::Sqlite {
-            pool = pool.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
-                    // 8 MiB of page cache per connection (the default is 2 MiB): index pages stay in memory.
-                    sqlx::query("PRAGMA cache_size = -8192").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA case_sensitive_like = ON")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            });
+            pool = pool.after_connect(|conn, _meta| Box::pin(sqlite_settings(conn)));
         }
         let url = if dialect == Dialect::Sqlite && !opts.url.contains("mode=") && !opts.url.contains(":memory:") {
             let sep = if opts.url.contains('?') { '&' } else { '?' };
@@ -236,22 +284,44 @@ impl SqlStore {
                 }
             }
         }
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writer = match dialect {
+            Dialect::Sqlite if in_memory => Writer::Turn(Arc::new(tokio::sync::Mutex::new(()))),
+            Dialect::Sqlite => {
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
+                sqlite_settings(&mut conn).await?;
+                // The writer's cache outlives its transactions (nothing else writes): 32 MiB keeps the indexes a
+                // write descends in memory.
+                sqlx::query("PRAGMA cache_size = -32768").execute(&mut conn).await?;
+                Writer::Own(Arc::new(tokio::sync::Mutex::new(conn)))
+            }
+            Dialect::Postgres => Writer::Pool,
+        };
         Ok(SqlStore {
             pool,
             dialect,
             cache: None,
-            write_turn: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            writer,
             analyzed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
     }
 
-    /// Wait for this process's turn to write (SQLite; at once on PostgreSQL). Hold the guard until the write
-    /// transaction has committed or rolled back.
-    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &self.write_turn {
-            Some(m) => Some(m.clone().lock_owned().await),
-            None => None,
-        }
+    /// The connection to run a write transaction on ([`Writer`]): on SQLite, once it is this caller's turn.
+    pub(crate) async fn writer(&self) -> Result<WriteConn, StoreError> {
+        Ok(match &self.writer {
+            Writer::Own(m) => WriteConn::Own(m.clone().lock_owned().await),
+            Writer::Turn(m) => {
+                let turn = m.clone().lock_owned().await;
+                WriteConn::Pooled {
+                    conn: self.pool.acquire().await?,
+                    _turn: Some(turn),
+                }
+            }
+            Writer::Pool => WriteConn::Pooled {
+                conn: self.pool.acquire().await?,
+                _turn: None,
+            },
+        })
     }
 
     /// Refresh the query planner's statistics in the background, at most once every 30 seconds, after a bulk
@@ -272,9 +342,8 @@ impl SqlStore {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let _turn = me.write_turn().await;
             let run = async {
-                let mut conn = me.pool.acquire().await?;
+                let mut conn = me.writer().await?;
                 if me.dialect == Dialect::Sqlite {
                     sqlx::query("PRAGMA analysis_limit = 1000").execute(&mut *conn).await?;
                     sqlx::query("ANALYZE").execute(&mut *conn).await?;
@@ -283,7 +352,7 @@ impl SqlStore {
                         .execute(&mut *conn)
                         .await?;
                 }
-                Ok::<_, sqlx::Error>(())
+                Ok::<_, StoreError>(())
             };
             if let Err(e) = run.await {
                 tracing::warn!(error = %e, "refreshing the planner statistics failed");
@@ -854,8 +923,8 @@ impl Store for SqlStore {
         members: &[Member],
     ) -> Result<Stored, StoreError> {
         let ts = now();
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let touched = Touched::users(
             tenant,
             Self::insert_new(&mut tx, self.dialect, tenant, kind, id, &w, members, &ts).await?,
@@ -886,8 +955,8 @@ impl Store for SqlStore {
         if kind == ResourceKind::Group {
             // Groups are not batched by the service; one transaction still, a row at a time.
             let ts = now();
-            let _turn = self.write_turn().await;
-            let mut tx = self.pool.begin().await?;
+            let mut conn = self.writer().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let mut audit = Vec::new();
             for (id, w) in items {
                 // No members: nothing cached changes.
@@ -994,9 +1063,9 @@ impl Store for SqlStore {
             .map(|(e, o)| crate::outbox::insert_args(tenant, &e.identity_id, 1, &ts, o))
             .collect();
 
-        let _turn = self.write_turn().await;
+        let mut conn = self.writer().await?;
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let head = "INSERT INTO scim_users (tenant, id, user_name, user_name_lower, external_id, display_name_lower, \
                     version, created, last_modified, password_hash, doc, employee_number)";
         match insert_rows(&mut tx, head, "", 12, &users).await {
@@ -1030,7 +1099,7 @@ impl Store for SqlStore {
             .collect();
         crate::audit::append_tx(&mut tx, tenant, &ts, &audit).await?;
         tx.commit().await?;
-        drop(_turn);
+        drop(conn);
         if items.len() >= 100 {
             self.refresh_statistics();
         }
@@ -1061,14 +1130,14 @@ impl Store for SqlStore {
         members: &[MemberOp],
     ) -> Result<Stored, StoreError> {
         let ts = now();
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut done = Self::replace_in(&mut tx, self.dialect, &ts, tenant, kind, id, expect, &w, members).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
         let touched = Touched::users(tenant, std::mem::take(&mut done.touched));
         Self::announce(&mut tx, self.dialect, &touched).await?;
         tx.commit().await?;
-        drop(_turn);
+        drop(conn);
         self.invalidate(&touched);
         if done.member_changes >= 100 {
             self.refresh_statistics();
@@ -1082,51 +1151,71 @@ impl Store for SqlStore {
         items: &[Replacement],
     ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
         let ts = now();
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut audit = Vec::new();
-        let mut touched = Vec::new();
-        let mut member_changes = 0;
-        for item in items {
-            // Each replacement in its own savepoint: one that fails (a version moved, a taken userName) leaves
-            // nothing behind and the others still commit.
-            sqlx::query("SAVEPOINT scimgate_item").execute(&mut *tx).await?;
-            let r = Self::replace_in(
-                &mut tx,
-                self.dialect,
-                &ts,
-                tenant,
-                item.kind,
-                &item.id,
-                item.expect,
-                &item.write,
-                &item.members,
-            )
-            .await;
-            match r {
-                Ok(mut done) => {
-                    sqlx::query("RELEASE SAVEPOINT scimgate_item").execute(&mut *tx).await?;
-                    audit.extend(lifecycle::audit_entries(&item.write.audit, &item.write.effects));
-                    touched.append(&mut done.touched);
-                    member_changes += done.member_changes;
-                    outcomes.push(Ok(done));
+        let mut conn = self.writer().await?;
+        // First without savepoints (two statements fewer per item): almost every group succeeds whole. If any
+        // replacement fails, that attempt is rolled back and the group runs again with a savepoint around each
+        // replacement, so that one that fails (a version moved, a taken userName) leaves nothing behind and the
+        // others still commit.
+        let mut savepoints = false;
+        let (mut tx, outcomes, audit, touched, member_changes) = loop {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut audit = Vec::new();
+            let mut touched = Vec::new();
+            let mut member_changes = 0;
+            let mut failed = false;
+            for item in items {
+                if savepoints {
+                    sqlx::query("SAVEPOINT scimgate_item").execute(&mut *tx).await?;
                 }
-                Err(e) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT scimgate_item")
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("RELEASE SAVEPOINT scimgate_item").execute(&mut *tx).await?;
-                    outcomes.push(Err(e));
+                let r = Self::replace_in(
+                    &mut tx,
+                    self.dialect,
+                    &ts,
+                    tenant,
+                    item.kind,
+                    &item.id,
+                    item.expect,
+                    &item.write,
+                    &item.members,
+                )
+                .await;
+                match r {
+                    Ok(mut done) => {
+                        if savepoints {
+                            sqlx::query("RELEASE SAVEPOINT scimgate_item").execute(&mut *tx).await?;
+                        }
+                        audit.extend(lifecycle::audit_entries(&item.write.audit, &item.write.effects));
+                        touched.append(&mut done.touched);
+                        member_changes += done.member_changes;
+                        outcomes.push(Ok(done));
+                    }
+                    Err(_) if !savepoints => {
+                        failed = true;
+                        break;
+                    }
+                    Err(e) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT scimgate_item")
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("RELEASE SAVEPOINT scimgate_item").execute(&mut *tx).await?;
+                        outcomes.push(Err(e));
+                    }
                 }
             }
-        }
+            if failed {
+                tx.rollback().await?;
+                savepoints = true;
+                continue;
+            }
+            break (tx, outcomes, audit, touched, member_changes);
+        };
         // One append for the batch, in item order: the chain reads as if the replacements had come one by one.
         crate::audit::append_tx(&mut tx, tenant, &ts, &audit).await?;
         let touched = Touched::users(tenant, touched);
         Self::announce(&mut tx, self.dialect, &touched).await?;
         tx.commit().await?;
-        drop(_turn);
+        drop(conn);
         self.invalidate(&touched);
         if member_changes >= 100 {
             self.refresh_statistics();
@@ -1150,8 +1239,8 @@ impl Store for SqlStore {
         audit: &[crate::audit::AuditEntry],
     ) -> Result<(), StoreError> {
         let ts = now();
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         // Users are archived, not erased: the identity stays for leaver processing, audit and rehire.
         let sql = match kind {
             ResourceKind::User => "UPDATE scim_users SET archived_at = $4, version = version + 1, last_modified = $4 \
@@ -1639,8 +1728,8 @@ impl LifecycleStore for SqlStore {
     async fn revive(&self, tenant: &str, id: &str, expect: i64, w: Write) -> Result<Stored, StoreError> {
         let ts = now();
         let doc_text = Self::doc_text(&w.doc)?;
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let res = Self::update_user(&mut tx, tenant, id, expect, &w, &doc_text, &ts, true).await;
         let (version, created, last_modified) = match res {
             Err(e) if unique_violation(&e) => return Err(taken(ResourceKind::User)),
@@ -1664,8 +1753,8 @@ impl LifecycleStore for SqlStore {
 
     async fn apply_effects(&self, tenant: &str, effects: &[Effects]) -> Result<(), StoreError> {
         let ts = now();
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         lifecycle::apply(&mut tx, tenant, &ts, effects).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&[], effects)).await?;
         tx.commit().await?;
