@@ -2007,11 +2007,11 @@ fn change_reads_sql(dialect: Dialect, with_user: bool) -> String {
     format!("{} ORDER BY 1, 10, 11", parts.join(" UNION ALL "))
 }
 
-/// The rows of [`change_reads_sql`] for identity `id`: the user (if read and found), its groups, its inputs.
-fn change_rows(
-    rows: &[AnyRow],
-    id: &str,
-) -> Result<(Option<Stored>, Vec<(String, String)>, DecisionInputs), StoreError> {
+/// What [`change_rows`] reads: the user (if read and found), its groups (id, displayName), its decision inputs.
+type ChangeRows = (Option<Stored>, Vec<(String, String)>, DecisionInputs);
+
+/// The rows of [`change_reads_sql`] for identity `id`.
+fn change_rows(rows: &[AnyRow], id: &str) -> Result<ChangeRows, StoreError> {
     let mut user = None;
     let mut groups = Vec::new();
     let mut inputs = DecisionInputs::default();
