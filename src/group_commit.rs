@@ -9,10 +9,10 @@
 //! acknowledged before its transaction commits, so an acknowledged write is as durable as one committed alone.
 //! With a single request in flight a group is that one write: no write waits for company.
 //!
-//! `create_many` is all or nothing; `replace_many` gives each replacement its own outcome (a savepoint each, when one fails). A create in a group
-//! that failed (a taken userName, two requests for the same userName, a concurrent lifecycle change), and a
-//! replacement that failed inside its group, runs again alone, so each request gets exactly the answer it would
-//! have had on its own.
+//! `create_many` is all or nothing; `replace_many` gives each replacement its own outcome (a savepoint each, when
+//! one fails). A create in a group that failed (a taken userName, two requests for the same userName, a concurrent
+//! lifecycle change), and a replacement that failed inside its group, runs again alone, so each request gets
+//! exactly the answer it would have had on its own.
 
 use std::sync::Arc;
 
