@@ -69,8 +69,10 @@ pub enum CommitError {
 
 impl GroupCommit {
     /// Start `lanes` create lanes and `lanes` replace lanes (SQLite has one writer: one each; PostgreSQL commits
-    /// several groups at once). They stop when every handle is dropped.
-    pub fn start(store: Arc<dyn Backend>, lanes: usize) -> Self {
+    /// several groups at once), on a thread of their own if `own_thread` ([`spawn_lanes`]; SQLite, whose
+    /// connections answer through channels from their own threads; a PostgreSQL connection's socket is driven by
+    /// the runtime it was opened on, so its lanes stay on that runtime). They stop when every handle is dropped.
+    pub fn start(store: Arc<dyn Backend>, lanes: usize, own_thread: bool) -> Self {
         let lanes = lanes.max(1);
         let (creates, rx) = mpsc::channel::<Job>(MAX_GROUP * 16);
         let rx = Arc::new(Mutex::new(rx));
@@ -85,7 +87,13 @@ impl GroupCommit {
                 tx
             })
             .collect();
-        spawn_lanes(tasks);
+        if own_thread {
+            spawn_lanes(tasks);
+        } else {
+            for t in tasks {
+                tokio::spawn(t);
+            }
+        }
         GroupCommit { creates, replaces }
     }
 

@@ -106,13 +106,14 @@ pub async fn build_state(cfg: &Config, clock: Arc<dyn engine::clock::Clock>) -> 
         None => outbox::alert::Alerter::none(),
     };
     let outbox = outbox::Outbox::new(store.clone(), specs, &cfg.outbox, wake.clone(), sealer.clone(), alerter);
-    // SQLite has one writer: one committer lane. PostgreSQL commits several groups at once.
-    let lanes = if cfg.store.url.starts_with("sqlite") {
+    // SQLite has one writer: one committer lane, on its own thread. PostgreSQL commits several groups at once.
+    let sqlite = cfg.store.url.starts_with("sqlite");
+    let lanes = if sqlite {
         1
     } else {
         usize::try_from(cfg.store.max_connections / 2).unwrap_or(1).max(1)
     };
-    let commits = group_commit::GroupCommit::start(store.clone(), lanes);
+    let commits = group_commit::GroupCommit::start(store.clone(), lanes, sqlite);
     let service = ScimService {
         commits,
         reg,

@@ -65,7 +65,8 @@ fn state_on(store: SqlStore, listener: Option<super::AbortOnDrop>) -> Arc<AppSta
         guards,
         outbox,
         service: ScimService {
-            commits: crate::group_commit::GroupCommit::start(store.clone(), 1),
+            // SQLite's lanes on their own thread, PostgreSQL's (the store a listener follows) on the test's runtime.
+            commits: crate::group_commit::GroupCommit::start(store.clone(), 1, listener.is_none()),
             reg: Arc::new(reg),
             store,
             engine: None,
