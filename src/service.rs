@@ -394,6 +394,7 @@ impl ScimService {
                     doc: doc.clone(),
                     password_hash: password_hash.clone(),
                     doc_changed: true,
+                    emails_unchanged: false,
                     effects,
                     audit,
                 };
@@ -467,6 +468,7 @@ impl ScimService {
             doc,
             password_hash,
             doc_changed: true,
+            emails_unchanged: false,
             effects,
             audit,
         };
@@ -680,6 +682,7 @@ impl ScimService {
                 changed_attributes(&current.doc, &doc),
             )];
             let w = Write {
+                emails_unchanged: !scimgate_store::emails_differ(&current.doc, &doc),
                 doc: doc.clone(),
                 password_hash: password_hash.clone(),
                 doc_changed,
@@ -741,6 +744,7 @@ impl ScimService {
             }
             let audit = vec![request_audit(cx, "patch", kind, id, changed)];
             let w = Write {
+                emails_unchanged: !scimgate_store::emails_differ(&current.doc, &doc),
                 doc,
                 password_hash,
                 doc_changed,

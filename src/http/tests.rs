@@ -696,3 +696,82 @@ async fn request_ids_go_out_and_a_500_is_logged_with_its_request() {
         "{line}"
     );
 }
+
+/// The email index follows every PUT and PATCH: one that keeps the user's emails leaves the index rows as they
+/// are, one that changes them (value, case, order, removal) rewrites them; `emails.value eq` always finds exactly
+/// the emails the user has.
+#[tokio::test]
+async fn the_email_index_follows_puts_and_patches() {
+    let st = state().await;
+    let count = |email: &'static str| {
+        let st = st.clone();
+        async move {
+            let uri = format!("/scim/v2/Users?filter=emails.value%20eq%20%22{email}%22");
+            let (s, v, _) = send(&st, Method::GET, &uri, Some(TOKEN), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["totalResults"].as_u64().expect("totalResults")
+        }
+    };
+    let user = |display: &str, emails: Value| {
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "erin",
+            "displayName": display, "emails": emails})
+    };
+    let (s, v, _) = send(
+        &st,
+        Method::POST,
+        "/scim/v2/Users",
+        Some(TOKEN),
+        Some(user("Erin", json!([{"value": "erin@a.example"}]))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let path = format!("/scim/v2/Users/{}", v["id"].as_str().expect("id"));
+    let put = |body: Value| {
+        let (st, path) = (st.clone(), path.clone());
+        async move {
+            let (s, v, _) = send(&st, Method::PUT, &path, Some(TOKEN), Some(body)).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    };
+    assert_eq!(count("erin@a.example").await, 1);
+
+    // The document changes, the emails do not.
+    put(user("Erin E.", json!([{"value": "erin@a.example"}]))).await;
+    assert_eq!(count("erin@a.example").await, 1);
+    // Another email added, then the first one's case changed and the order swapped.
+    put(user(
+        "Erin E.",
+        json!([{"value": "erin@a.example"}, {"value": "e@b.example"}]),
+    ))
+    .await;
+    assert_eq!((count("erin@a.example").await, count("e@b.example").await), (1, 1));
+    put(user(
+        "Erin",
+        json!([{"value": "E@B.example"}, {"value": "Erin@A.example"}]),
+    ))
+    .await;
+    assert_eq!((count("erin@a.example").await, count("e@b.example").await), (1, 1));
+    // A PATCH that changes only the displayName, then one that replaces the emails.
+    let patch = |ops: Value| {
+        let (st, path) = (st.clone(), path.clone());
+        async move {
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+            let (s, v, _) = send(&st, Method::PATCH, &path, Some(TOKEN), Some(body)).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    };
+    patch(json!([{"op": "replace", "path": "displayName", "value": "E."}])).await;
+    assert_eq!((count("erin@a.example").await, count("e@b.example").await), (1, 1));
+    patch(json!([{"op": "replace", "path": "emails", "value": [{"value": "erin@c.example"}]}])).await;
+    assert_eq!(
+        (
+            count("erin@a.example").await,
+            count("e@b.example").await,
+            count("erin@c.example").await
+        ),
+        (0, 0, 1)
+    );
+    // Every email removed.
+    put(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "erin"})).await;
+    assert_eq!(count("erin@c.example").await, 0);
+}

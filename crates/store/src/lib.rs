@@ -67,10 +67,20 @@ pub struct Write {
     /// Whether the document differs from the stored one. A replace that changes neither the document nor the
     /// membership keeps the version and lastModified (an IdP re-push must not invalidate ETags).
     pub doc_changed: bool,
+    /// A replacement of a user whose email values are those already stored ([`emails_differ`] is false): its
+    /// email index rows stay as they are (two statements fewer). Ignored by creates and rehires, which always
+    /// write them.
+    pub emails_unchanged: bool,
     /// Lifecycle effects (identity state, plan, approvals) written in the same transaction.
     pub effects: Vec<Effects>,
     /// Audit records of the change, appended to the tenant's hash chain in the same transaction.
     pub audit: Vec<audit::AuditEntry>,
+}
+
+/// Whether two user documents index different email values (compared as the store indexes them: lowercased,
+/// empty values skipped, duplicates once, in order).
+pub fn emails_differ(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    sql::email_values(a) != sql::email_values(b)
 }
 
 /// One replacement of [`Store::replace_many`]: the arguments of a [`Store::replace`].

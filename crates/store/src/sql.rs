@@ -812,7 +812,7 @@ impl SqlStore {
 }
 
 /// The distinct lower-cased email values of a user document, as indexed in `scim_user_emails`.
-fn email_values(doc: &Map<String, Value>) -> Vec<String> {
+pub(crate) fn email_values(doc: &Map<String, Value>) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     for e in doc.get("emails").and_then(Value::as_array).into_iter().flatten() {
         if let Some(v) = e.get("value").and_then(Value::as_str).filter(|v| !v.is_empty()) {
@@ -1551,7 +1551,9 @@ impl SqlStore {
             let Some((version, created, last_modified)) = row else {
                 return Err(Self::missing_or_moved(tx, tenant, kind, id).await?);
             };
-            Self::write_emails(tx, tenant, id, &w.doc).await?;
+            if !w.emails_unchanged {
+                Self::write_emails(tx, tenant, id, &w.doc).await?;
+            }
             lifecycle::apply(tx, tenant, ts, &w.effects).await?;
             return Ok(Replaced {
                 touched: vec![id.to_string()],

@@ -51,6 +51,7 @@ fn write(id: &str, name: &str) -> Write {
         doc,
         password_hash: None,
         doc_changed: true,
+        emails_unchanged: false,
         effects: vec![Effects {
             identity_id: id.into(),
             state: Some(StateWrite {
@@ -375,6 +376,7 @@ async fn combined_reads_match_the_single_reads(store: SqlStore) {
             doc,
             password_hash: None,
             doc_changed: true,
+            emails_unchanged: false,
             effects: vec![],
             audit: vec![],
         };

@@ -58,6 +58,7 @@ async fn seed(store: &SqlStore, reg: &Registry, tenant: &str) -> Vec<String> {
                     doc,
                     password_hash: None,
                     doc_changed: true,
+                    emails_unchanged: false,
                     effects: vec![],
                     audit: vec![],
                 },
