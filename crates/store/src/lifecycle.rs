@@ -128,11 +128,52 @@ pub(crate) fn audit_entries<'a>(
         .collect()
 }
 
+/// Insert plans with multi-row statements ([`crate::sql::insert_rows`]).
+pub(crate) async fn insert_plans(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &str,
+    plans: &[&PlanRecord],
+) -> Result<(), StoreError> {
+    use crate::sql::Arg;
+    let rows: Vec<Vec<Arg>> = plans
+        .iter()
+        .map(|p| {
+            vec![
+                Arg::Text(Some(tenant)),
+                Arg::Text(Some(&p.id)),
+                Arg::Text(Some(&p.identity_id)),
+                Arg::Text(Some(&p.created)),
+                Arg::Text(Some(&p.cause)),
+                Arg::Text(Some(&p.mode)),
+                Arg::Text(Some(&p.policy_hash)),
+                Arg::Text(Some(&p.items)),
+            ]
+        })
+        .collect();
+    let head = "INSERT INTO plans (tenant, id, identity_id, created, cause, mode, policy_hash, items)";
+    crate::sql::insert_rows(tx, head, "", 8, &rows).await?;
+    Ok(())
+}
+
 pub(crate) async fn apply(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     tenant: &str,
     now: &str,
     effects: &[Effects],
+) -> Result<(), StoreError> {
+    let mut plans = Vec::new();
+    apply_deferring_plans(tx, tenant, now, effects, &mut plans).await?;
+    insert_plans(tx, tenant, &plans).await
+}
+
+/// [`apply`], except that the plans are pushed onto `plans` for one [`insert_plans`] of a whole group (a plan is
+/// a plain insert that nothing in the transaction reads back).
+pub(crate) async fn apply_deferring_plans<'e>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &str,
+    now: &str,
+    effects: &'e [Effects],
+    plans: &mut Vec<&'e PlanRecord>,
 ) -> Result<(), StoreError> {
     for e in effects {
         if let Some(s) = &e.state {
@@ -187,20 +228,7 @@ pub(crate) async fn apply(
             crate::outbox::insert(tx, tenant, &e.identity_id, seq, now, &e.outbox).await?;
         }
         if let Some(p) = &e.plan {
-            sqlx::query(
-                "INSERT INTO plans (tenant, id, identity_id, created, cause, mode, policy_hash, items) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(tenant)
-            .bind(&p.id)
-            .bind(&p.identity_id)
-            .bind(&p.created)
-            .bind(&p.cause)
-            .bind(&p.mode)
-            .bind(&p.policy_hash)
-            .bind(&p.items)
-            .execute(&mut **tx)
-            .await?;
+            plans.push(p);
         }
         for id in &e.cancel_approvals {
             sqlx::query(

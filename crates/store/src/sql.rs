@@ -1132,7 +1132,21 @@ impl Store for SqlStore {
         let ts = now();
         let mut conn = self.writer().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let mut done = Self::replace_in(&mut tx, self.dialect, &ts, tenant, kind, id, expect, &w, members).await?;
+        let mut plans = Vec::new();
+        let mut done = Self::replace_in(
+            &mut tx,
+            self.dialect,
+            &ts,
+            tenant,
+            kind,
+            id,
+            expect,
+            &w,
+            members,
+            &mut plans,
+        )
+        .await?;
+        lifecycle::insert_plans(&mut tx, tenant, &plans).await?;
         crate::audit::append_tx(&mut tx, tenant, &ts, &lifecycle::audit_entries(&w.audit, &w.effects)).await?;
         let touched = Touched::users(tenant, std::mem::take(&mut done.touched));
         Self::announce(&mut tx, self.dialect, &touched).await?;
@@ -1163,8 +1177,11 @@ impl Store for SqlStore {
             let mut audit = Vec::new();
             let mut touched = Vec::new();
             let mut member_changes = 0;
+            // The group's plans, inserted together after the last replacement.
+            let mut plans = Vec::new();
             let mut failed = false;
             for item in items {
+                let planned = plans.len();
                 if savepoints {
                     sqlx::query("SAVEPOINT scimgate_item").execute(&mut *tx).await?;
                 }
@@ -1178,6 +1195,7 @@ impl Store for SqlStore {
                     item.expect,
                     &item.write,
                     &item.members,
+                    &mut plans,
                 )
                 .await;
                 match r {
@@ -1195,6 +1213,7 @@ impl Store for SqlStore {
                         break;
                     }
                     Err(e) => {
+                        plans.truncate(planned);
                         sqlx::query("ROLLBACK TO SAVEPOINT scimgate_item")
                             .execute(&mut *tx)
                             .await?;
@@ -1208,6 +1227,7 @@ impl Store for SqlStore {
                 savepoints = true;
                 continue;
             }
+            lifecycle::insert_plans(&mut tx, tenant, &plans).await?;
             break (tx, outcomes, audit, touched, member_changes);
         };
         // One append for the batch, in item order: the chain reads as if the replacements had come one by one.
@@ -1529,7 +1549,7 @@ impl SqlStore {
     /// membership changes, write the document and the lifecycle effects, read the row back. The caller appends
     /// the audit records, announces what was touched and commits.
     #[allow(clippy::too_many_arguments)]
-    async fn replace_in(
+    async fn replace_in<'e>(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         dialect: Dialect,
         ts: &str,
@@ -1537,8 +1557,9 @@ impl SqlStore {
         kind: ResourceKind,
         id: &str,
         expect: i64,
-        w: &Write,
+        w: &'e Write,
         members: &[MemberOp],
+        plans: &mut Vec<&'e PlanRecord>,
     ) -> Result<Replaced, StoreError> {
         if kind == ResourceKind::User && w.doc_changed {
             let doc_text = Self::doc_text(&w.doc)?;
@@ -1554,7 +1575,7 @@ impl SqlStore {
             if !w.emails_unchanged {
                 Self::write_emails(tx, tenant, id, &w.doc).await?;
             }
-            lifecycle::apply(tx, tenant, ts, &w.effects).await?;
+            lifecycle::apply_deferring_plans(tx, tenant, ts, &w.effects, plans).await?;
             return Ok(Replaced {
                 touched: vec![id.to_string()],
                 member_changes: 0,
@@ -1638,7 +1659,7 @@ impl SqlStore {
             // The displayName shows in every member's `groups`.
             touched.extend(Self::member_ids(tx, tenant, id).await?);
         }
-        lifecycle::apply(tx, tenant, ts, &w.effects).await?;
+        lifecycle::apply_deferring_plans(tx, tenant, ts, &w.effects, plans).await?;
         let (version, created, last_modified, stored_doc): (i64, String, String, Option<String>) =
             sqlx::query_as(&format!(
                 "SELECT version, created, last_modified, CASE WHEN $3 THEN NULL ELSE doc END FROM {} \

@@ -477,3 +477,43 @@ async fn combined_reads_on_postgres() {
     let db = scimgate_testkit::db::TempDb::postgres("scimgate_combined_reads");
     combined_reads_match_the_single_reads(connect(db.url.clone()).await).await;
 }
+
+/// A group in which every replacement applies (the attempt without savepoints) writes each one's plan, with the
+/// plans inserted together at the end.
+async fn a_whole_group_writes_every_plan(store: SqlStore) {
+    let t = "t";
+    let items: Vec<(String, Write)> = ["wa", "wb", "wc"]
+        .iter()
+        .map(|id| (id.to_string(), write(id, id)))
+        .collect();
+    store.create_many(t, ResourceKind::User, &items).await.expect("seed");
+    let outcomes = store
+        .replace_many(
+            t,
+            &[
+                replacement("wa", 1, "wa-1"),
+                replacement("wb", 1, "wb-1"),
+                replacement("wa", 2, "wa-2"),
+            ],
+        )
+        .await
+        .expect("batch");
+    let versions: Vec<i64> = outcomes.iter().map(|o| o.as_ref().expect("applied").version).collect();
+    assert_eq!(versions, [2, 2, 3]);
+    for (id, plans) in [("wa", 3), ("wb", 2), ("wc", 1)] {
+        assert_eq!(store.plans(t, Some(id), 10).await.expect("plans").len(), plans, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_group_on_sqlite() {
+    let (store, dir) = open().await;
+    a_whole_group_writes_every_plan(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_group_on_postgres() {
+    let db = scimgate_testkit::db::TempDb::postgres("scimgate_whole_group");
+    a_whole_group_writes_every_plan(connect(db.url.clone()).await).await;
+}
