@@ -76,7 +76,7 @@ impl GroupCommit {
         let lanes = lanes.max(1);
         let (creates, rx) = mpsc::channel::<Job>(MAX_GROUP * 16);
         let rx = Arc::new(Mutex::new(rx));
-        let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
+        let mut tasks: Vec<LaneTask> = Vec::new();
         for _ in 0..lanes {
             tasks.push(Box::pin(lane(store.clone(), rx.clone())));
         }
@@ -137,13 +137,16 @@ impl GroupCommit {
     }
 }
 
+/// A lane's future, before it is spawned.
+type LaneTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Run the lanes on a thread of their own with its own single-threaded runtime. A lane's transaction is a chain of
 /// statements, each a round trip to the database (to SQLite's connection thread), and the lane cannot start the
 /// next one until it is polled again. Woken from outside the request runtime, a lane task there waits in that
-/// runtime's shared queue behind the request tasks already running (they keep both cores busy under load), once
-/// per statement; on its own idle thread it is polled as soon as the kernel wakes the thread. Falls back to the
-/// current runtime if the thread cannot be started.
-fn spawn_lanes(tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>) {
+/// runtime's shared queue behind the request tasks already queued, once per statement; on its own idle thread it
+/// is polled as soon as the kernel wakes the thread. If no runtime can be built the lanes share the request
+/// runtime; if no thread can be started, the lanes never run and every write answers that the committer stopped.
+fn spawn_lanes(tasks: Vec<LaneTask>) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
