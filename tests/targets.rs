@@ -600,8 +600,9 @@ async fn joiner_mover_leaver_reach_sftp_rest_and_scim() {
         (u.is_none(), u)
     })
     .await;
-    let db: Value = serde_json::from_str(&w.js.read_db()).expect("db.json");
-    assert_eq!(db["users"], json!([]), "and from the file json-server persists");
+    // And from the file json-server persists (written after its answer: polled).
+    let db = w.js.db_when(|db| db["users"] == json!([]));
+    assert_eq!(db["users"], json!([]));
     eventually(30, "carol gone from scim2-server", || async {
         let u = w.scim_user(&id).await;
         (u.is_none(), u)

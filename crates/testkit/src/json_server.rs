@@ -117,6 +117,28 @@ impl JsonServer {
     pub fn read_db(&self) -> String {
         fs::read_to_string(&self.db).unwrap_or_else(|e| panic!("json-server: read {}: {e}", self.db.display()))
     }
+
+    /// The persisted `db.json` once `done` holds for it. json-server may answer a write before it has rewritten
+    /// the file (and rewrites it in place, so a read can catch it half written): a test that reads the file right
+    /// after a write polls it here. Panics with the last contents after 10 s.
+    pub fn db_when(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.read_db();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && done(&v)
+            {
+                return v;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "json-server: {} never reached the expected state; last contents: {text}",
+                    self.db.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for JsonServer {
