@@ -682,7 +682,7 @@ impl ScimService {
                 changed_attributes(&current.doc, &doc),
             )];
             let w = Write {
-                emails_unchanged: !scimgate_store::emails_differ(&current.doc, &doc),
+                emails_unchanged: kind == ResourceKind::User && !scimgate_store::emails_differ(&current.doc, &doc),
                 doc: doc.clone(),
                 password_hash: password_hash.clone(),
                 doc_changed,
@@ -744,7 +744,7 @@ impl ScimService {
             }
             let audit = vec![request_audit(cx, "patch", kind, id, changed)];
             let w = Write {
-                emails_unchanged: !scimgate_store::emails_differ(&current.doc, &doc),
+                emails_unchanged: kind == ResourceKind::User && !scimgate_store::emails_differ(&current.doc, &doc),
                 doc,
                 password_hash,
                 doc_changed,

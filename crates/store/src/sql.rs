@@ -467,8 +467,7 @@ impl SqlStore {
     }
 
     fn row(r: &AnyRow) -> Result<Stored, StoreError> {
-        let doc: String = r.try_get("doc")?;
-        let doc: Map<String, Value> = serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let doc = parse_doc(&r.try_get::<String, _>("doc")?)?;
         Ok(Stored {
             id: r.try_get("id")?,
             version: r.try_get("version")?,
@@ -739,19 +738,13 @@ impl SqlStore {
     /// planner prefers the primary key's `tenant` prefix, a walk through every membership of the tenant; a PATCH to
     /// a 10-member group then took 12 ms beside a 100k-member one.
     fn memberships_by_member(&self) -> &'static str {
-        match self.dialect {
-            Dialect::Sqlite => "scim_group_members INDEXED BY scim_group_members_member",
-            Dialect::Postgres => "scim_group_members",
-        }
+        memberships_by_member(self.dialect)
     }
 
     /// PostgreSQL: `OFFSET 0` keeps a subquery from being flattened into the query around it (SQLite rejects
     /// OFFSET without LIMIT, and is kept on the member index by [`SqlStore::memberships_by_member`]).
     fn fence(&self) -> &'static str {
-        match self.dialect {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " OFFSET 0",
-        }
+        fence(self.dialect)
     }
 
     fn ordered_id(&self) -> &'static str {
@@ -1041,22 +1034,7 @@ impl Store for SqlStore {
                 ]
             })
             .collect();
-        let plans: Vec<Vec<Arg>> = fresh
-            .iter()
-            .filter_map(|e| e.plan.as_ref())
-            .map(|p| {
-                vec![
-                    Arg::Text(Some(tenant)),
-                    Arg::Text(Some(&p.id)),
-                    Arg::Text(Some(&p.identity_id)),
-                    Arg::Text(Some(&p.created)),
-                    Arg::Text(Some(&p.cause)),
-                    Arg::Text(Some(&p.mode)),
-                    Arg::Text(Some(&p.policy_hash)),
-                    Arg::Text(Some(&p.items)),
-                ]
-            })
-            .collect();
+        let plans: Vec<&PlanRecord> = fresh.iter().filter_map(|e| e.plan.as_ref()).collect();
         let outbox: Vec<Vec<Arg>> = fresh
             .iter()
             .flat_map(|e| e.outbox.iter().map(move |o| (e, o)))
@@ -1079,8 +1057,7 @@ impl Store for SqlStore {
         if insert_rows(&mut tx, head, " ON CONFLICT DO NOTHING", 9, &states).await? != states.len() as u64 {
             return Err(StoreError::StateConflict);
         }
-        let head = "INSERT INTO plans (tenant, id, identity_id, created, cause, mode, policy_hash, items)";
-        insert_rows(&mut tx, head, "", 8, &plans).await?;
+        lifecycle::insert_plans(&mut tx, tenant, &plans).await?;
         insert_rows(
             &mut tx,
             crate::outbox::INSERT_HEAD,
@@ -1988,6 +1965,27 @@ impl SqlStore {
     }
 }
 
+/// [`SqlStore::memberships_by_member`] for `dialect`.
+fn memberships_by_member(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "scim_group_members INDEXED BY scim_group_members_member",
+        Dialect::Postgres => "scim_group_members",
+    }
+}
+
+/// [`SqlStore::fence`] for `dialect`.
+fn fence(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " OFFSET 0",
+    }
+}
+
+/// A stored document's JSON text, parsed.
+fn parse_doc(text: &str) -> Result<Map<String, Value>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 /// The statement behind [`LifecycleStore::decision_inputs`] (`with_user: false`) and
 /// [`LifecycleStore::user_for_change`]: the identity's rows from up to five tables in one `UNION ALL` of one
 /// shape, each row tagged with its table. One statement is one round trip to PostgreSQL and one hand-off to
@@ -1995,14 +1993,8 @@ impl SqlStore {
 /// Columns: tag, a number, seven texts, two sort keys; ordered as the single-table reads order (groups by id,
 /// exceptions by rule, approvals by created and id).
 fn change_reads_sql(dialect: Dialect, with_user: bool) -> String {
-    let members = match dialect {
-        Dialect::Sqlite => "scim_group_members INDEXED BY scim_group_members_member",
-        Dialect::Postgres => "scim_group_members",
-    };
-    let fence = match dialect {
-        Dialect::Sqlite => "",
-        Dialect::Postgres => " OFFSET 0",
-    };
+    let members = memberships_by_member(dialect);
+    let fence = fence(dialect);
     let mut parts = vec![
         "SELECT 's' AS tag, CAST(version AS BIGINT) AS n, leaver_since AS t1, current AS t2, evaluation AS t3, \
          policy_hash AS t4, wakeup_at AS t5, updated AS t6, CAST(NULL AS TEXT) AS t7, CAST(NULL AS TEXT) AS o1, \
@@ -2077,19 +2069,16 @@ fn change_rows(rows: &[AnyRow], id: &str) -> Result<ChangeRows, StoreError> {
                 request: text(7)?,
             }),
             "u" => {
-                let doc: Map<String, Value> =
-                    serde_json::from_str(&text(3)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 user = Some(Stored {
                     id: id.to_string(),
                     version: r.try_get(1)?,
                     created: text(1)?,
                     last_modified: text(2)?,
-                    doc,
+                    doc: parse_doc(&text(3)?)?,
                 });
             }
             "g" => {
-                let doc: Map<String, Value> =
-                    serde_json::from_str(&text(2)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let doc = parse_doc(&text(2)?)?;
                 groups.push((text(1)?, str_at(&doc, "displayName").unwrap_or_default().to_string()));
             }
             other => return Err(StoreError::Corrupt(format!("unexpected row tag {other}"))),
